@@ -1,0 +1,99 @@
+# Shared helpers for gpusafe's tests, examples and benchmarks (never used by consumers).
+#
+#   GPUSAFE_TEST_TARGET    the gpusafe target test code links: gpusafe::torch when LibTorch is
+#                          enabled, else gpusafe::cuda when the CUDA Toolkit is, else
+#                          gpusafe::gpusafe.
+#   GPUSAFE_WARNING_FLAGS  the warnings every in-tree target compiles with (-Werror included).
+#   gpusafe_add_test(NAME name SOURCES src... [LABELS l...] [NEEDS_TORCH] [TIMEOUT s]
+#                    [NO_MAIN] [ARGS a...])
+#     Builds executable `name` linking GTest::gtest_main (GTest::gtest with NO_MAIN) and
+#     GPUSAFE_TEST_TARGET, registers it as one CTest test (one process per executable).
+#     With NEEDS_TORCH nothing is done unless LibTorch is enabled.
+include_guard(GLOBAL)
+
+if(GPUSAFE_TORCH_FOUND)
+  set(GPUSAFE_TEST_TARGET gpusafe::torch)
+elseif(GPUSAFE_CUDA_FOUND)
+  set(GPUSAFE_TEST_TARGET gpusafe::cuda)
+else()
+  set(GPUSAFE_TEST_TARGET gpusafe::gpusafe)
+endif()
+
+set(GPUSAFE_WARNING_FLAGS -Wall -Wextra -Werror -Wundef)
+
+# Applies gpusafe's in-tree warnings to a target.
+function(gpusafe_target_warnings target)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE ${GPUSAFE_WARNING_FLAGS})
+  elseif(MSVC)
+    target_compile_options(${target} PRIVATE /W4 /WX)
+  endif()
+endfunction()
+
+# GoogleTest: an installed package first, else its sources (Debian's googletest package ships
+# them in /usr/src/googletest). GPUSAFE_GTEST_FROM_SOURCE forces the sources (for example to
+# build GoogleTest with the same sanitizer flags as the tests).
+set(GPUSAFE_GTEST_SOURCE_DIR "" CACHE PATH
+    "GoogleTest source tree used when no installed GoogleTest is found (default /usr/src/googletest)")
+option(GPUSAFE_GTEST_FROM_SOURCE "Build GoogleTest from GPUSAFE_GTEST_SOURCE_DIR" OFF)
+
+macro(gpusafe_require_gtest)
+  if(NOT TARGET GTest::gtest OR NOT TARGET GTest::gtest_main)
+    if(NOT GPUSAFE_GTEST_FROM_SOURCE)
+      find_package(GTest QUIET)
+    endif()
+    if(NOT TARGET GTest::gtest OR NOT TARGET GTest::gtest_main)
+      set(_gpusafe_gtest_src "${GPUSAFE_GTEST_SOURCE_DIR}")
+      if(NOT _gpusafe_gtest_src)
+        set(_gpusafe_gtest_src "/usr/src/googletest")
+      endif()
+      if(NOT EXISTS "${_gpusafe_gtest_src}/CMakeLists.txt")
+        message(FATAL_ERROR
+          "gpusafe: GoogleTest not found. Install it (libgtest-dev), point GTest_DIR at its "
+          "CMake config, set GPUSAFE_GTEST_SOURCE_DIR to a GoogleTest source tree, or configure "
+          "with -DGPUSAFE_BUILD_TESTS=OFF.")
+      endif()
+      message(STATUS "gpusafe: building GoogleTest from ${_gpusafe_gtest_src}")
+      set(BUILD_GMOCK OFF CACHE BOOL "" FORCE)
+      set(INSTALL_GTEST OFF CACHE BOOL "" FORCE)
+      set(gtest_force_shared_crt ON CACHE BOOL "" FORCE)
+      add_subdirectory("${_gpusafe_gtest_src}" "${PROJECT_BINARY_DIR}/_deps/googletest"
+                       EXCLUDE_FROM_ALL SYSTEM)
+      if(NOT TARGET GTest::gtest)
+        add_library(GTest::gtest ALIAS gtest)
+      endif()
+      if(NOT TARGET GTest::gtest_main)
+        add_library(GTest::gtest_main ALIAS gtest_main)
+      endif()
+    endif()
+  endif()
+endmacro()
+
+function(gpusafe_add_test)
+  cmake_parse_arguments(PARSE_ARGV 0 arg "NEEDS_TORCH;NO_MAIN" "NAME;TIMEOUT"
+                        "SOURCES;LABELS;ARGS;LIBRARIES")
+  if(NOT arg_NAME OR NOT arg_SOURCES)
+    message(FATAL_ERROR "gpusafe_add_test: NAME and SOURCES are required")
+  endif()
+  if(arg_NEEDS_TORCH AND NOT GPUSAFE_TORCH_FOUND)
+    return()
+  endif()
+  if(NOT arg_TIMEOUT)
+    set(arg_TIMEOUT 120)
+  endif()
+  gpusafe_require_gtest()
+
+  add_executable(${arg_NAME} ${arg_SOURCES})
+  if(arg_NO_MAIN)
+    target_link_libraries(${arg_NAME} PRIVATE GTest::gtest)
+  else()
+    target_link_libraries(${arg_NAME} PRIVATE GTest::gtest_main)
+  endif()
+  target_link_libraries(${arg_NAME} PRIVATE ${GPUSAFE_TEST_TARGET} ${arg_LIBRARIES})
+  gpusafe_target_warnings(${arg_NAME})
+
+  add_test(NAME ${arg_NAME} COMMAND ${arg_NAME} ${arg_ARGS})
+  set_tests_properties(${arg_NAME} PROPERTIES
+    TIMEOUT ${arg_TIMEOUT}
+    LABELS "${arg_LABELS}")
+endfunction()

@@ -1,0 +1,220 @@
+// gpusafe/lifecycle.hpp: the state of the process as it concerns GPU resources.
+//
+// - process_is_exiting(): set by an atexit handler that gpusafe registers right after its first
+//   runtime call, so it runs before the runtime's own teardown (DESIGN rule 1).
+// - in_forked_child(): set by a pthread_atfork child handler and a pid check (rule 5).
+// - notify_device_reset(device): bumps the device's epoch; buffers of an older epoch are released
+//   without runtime calls and never reused (rule 6).
+// - NoDestructor<T>: leaked singletons, valid during every static destructor (rule 3).
+// - The registry of Reclaimable resources (pools, caches, managers, framework caches), which
+//   safe_cuda_empty_cache() trims and shutdown() drains.
+//
+// Thread safety: everything here may be called from any thread. Teardown: all state is leaked on
+// purpose; the registry's lock is re-created in a forked child, so it is never inherited held.
+#ifndef GPUSAFE_LIFECYCLE_HPP
+#define GPUSAFE_LIFECYCLE_HPP
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "gpusafe/config.hpp"
+#include "gpusafe/detail/no_destructor.hpp"
+#include "gpusafe/detail/process_state.hpp"
+#include "gpusafe/log.hpp"
+#include "gpusafe/runtime.hpp"
+
+GPUSAFE_NAMESPACE_BEGIN
+
+/// True once the process has begun to exit (after main returns, exit() or quick_exit()).
+inline bool process_is_exiting() noexcept { return detail::is_exiting(); }
+
+/// True in a child created by fork() after gpusafe was loaded.
+inline bool in_forked_child() noexcept { return detail::is_forked_child(); }
+
+/// The reset epoch of `device`; it grows by one with every notify_device_reset(device).
+inline std::uint32_t device_epoch(int device) noexcept { return detail::device_epoch(device); }
+
+/// Whether a sticky error was seen on `device` since its last reset.
+inline bool device_is_poisoned(int device) noexcept { return detail::is_poisoned(device); }
+
+/// Tells gpusafe that `device` was reset (cudaDeviceReset) or its context re-created: buffers
+/// allocated before are released without runtime calls and never reused. Clears the poisoned
+/// mark. Throws InvalidArgument for a negative index.
+inline void notify_device_reset(int device) {
+  if (device < 0 || device >= detail::kMaxDevices)
+    throw InvalidArgument("notify_device_reset(" + std::to_string(device) +
+                          "): device index out of range; pass the index given to cudaSetDevice (0.." +
+                          std::to_string(detail::kMaxDevices - 1) + ")");
+  detail::bump_epoch(device);
+}
+
+/// How much a reclaim may cost, from the cheapest to drop to the dearest.
+enum class ReclaimCost {
+  controller = 0,        ///< stops timers and other activity (managers); frees nothing itself
+  idle_memory = 1,       ///< pool memory nobody uses
+  evictable_models = 2,  ///< secondary models in caches
+  framework_cache = 3,   ///< a framework's caching allocator (LibTorch)
+};
+
+/// How hard a reclaim should try.
+enum class ReclaimLevel {
+  light,     ///< periodic cleanup: cheap work only
+  trim,      ///< give back everything idle (safe_cuda_empty_cache)
+  shutdown,  ///< the orderly end: stop timers, give back everything that can be given back
+};
+
+struct ReclaimRequest {
+  ReclaimLevel level = ReclaimLevel::trim;
+  /// Stop once this many bytes were released (reclaim_all); a resource may release more.
+  std::size_t bytes_goal = std::numeric_limits<std::size_t>::max();
+  /// Only resources on this device; -1 = all.
+  int device = -1;
+};
+
+/// What a resource holds, as shown by monitoring (MemoryManager::snapshot()).
+struct ResourceUsage {
+  std::size_t bytes_reserved = 0;  ///< memory the resource holds (in use or idle)
+  std::size_t bytes_in_use = 0;    ///< of which handed out or resident
+  std::size_t items = 0;           ///< buffers, models, ... (resource-specific)
+  int device = -1;                 ///< -1 = host or several
+};
+
+/// A resource that can give memory back on request. reclaim() must not throw and must not call
+/// the runtime when the process is exiting or forked (use detail::RuntimeCallGate).
+class Reclaimable {
+ public:
+  virtual ~Reclaimable() = default;
+  /// Releases what the request allows; returns the bytes released.
+  virtual std::size_t reclaim(const ReclaimRequest& request) noexcept = 0;
+  virtual ReclaimCost reclaim_cost() const noexcept { return ReclaimCost::idle_memory; }
+  virtual const char* reclaimable_name() const noexcept { return "reclaimable"; }
+  /// Current holdings, for monitoring. Never throws.
+  virtual ResourceUsage usage() const noexcept { return {}; }
+};
+
+namespace detail {
+
+struct RegistryEntry {
+  // Recursive: a reclaim() may unregister or re-register its own resource.
+  std::recursive_mutex mutex;
+  Reclaimable* target = nullptr;
+  ReclaimCost cost = ReclaimCost::idle_memory;
+};
+
+struct Registry {
+  std::mutex mutex;
+  std::vector<std::shared_ptr<RegistryEntry>> entries;
+};
+
+inline Registry& registry() noexcept {
+  static NoDestructor<Registry> instance;
+  return instance.get();
+}
+
+inline void reset_registry_lock_in_child() noexcept {
+  new (&registry().mutex) std::mutex();
+  // Entry locks are rebuilt too: a reclaim running on another thread at fork time held one.
+  for (auto& e : registry().entries) new (&e->mutex) std::recursive_mutex();
+}
+
+inline std::vector<std::shared_ptr<RegistryEntry>> registry_snapshot() {
+  auto& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  auto copy = reg.entries;
+  std::stable_sort(copy.begin(), copy.end(),
+                   [](const auto& a, const auto& b) { return a->cost < b->cost; });
+  return copy;
+}
+
+}  // namespace detail
+
+/// RAII registration in the reclaimable registry. Unregistering waits for a reclaim of the same
+/// resource running on another thread, so the resource may be destroyed right after.
+class ReclaimRegistration {
+ public:
+  ReclaimRegistration() = default;
+  explicit ReclaimRegistration(Reclaimable& target) {
+    static const bool hooked = (detail::add_fork_child_hook(&detail::reset_registry_lock_in_child), true);
+    (void)hooked;
+    entry_ = std::make_shared<detail::RegistryEntry>();
+    entry_->target = &target;
+    entry_->cost = target.reclaim_cost();
+    auto& reg = detail::registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    reg.entries.push_back(entry_);
+  }
+  ReclaimRegistration(ReclaimRegistration&& other) noexcept : entry_(std::move(other.entry_)) {}
+  ReclaimRegistration& operator=(ReclaimRegistration&& other) noexcept {
+    if (this != &other) {
+      reset();
+      entry_ = std::move(other.entry_);
+    }
+    return *this;
+  }
+  ~ReclaimRegistration() { reset(); }
+
+  /// Removes the registration now. Never throws.
+  void reset() noexcept {
+    if (!entry_) return;
+    {
+      std::lock_guard<std::recursive_mutex> lock(entry_->mutex);
+      entry_->target = nullptr;
+    }
+    auto& reg = detail::registry();
+    {
+      std::lock_guard<std::mutex> lock(reg.mutex);
+      auto& v = reg.entries;
+      v.erase(std::remove(v.begin(), v.end(), entry_), v.end());
+    }
+    entry_.reset();
+  }
+  bool active() const noexcept { return entry_ != nullptr; }
+
+ private:
+  std::shared_ptr<detail::RegistryEntry> entry_;
+};
+
+/// Asks every registered resource, cheapest first, to reclaim until `request.bytes_goal` bytes
+/// were released. Returns the bytes released. Never throws.
+inline std::size_t reclaim_all(const ReclaimRequest& request = {}) noexcept {
+  std::size_t released = 0;
+  try {
+    for (const auto& entry : detail::registry_snapshot()) {
+      if (released >= request.bytes_goal) break;
+      std::lock_guard<std::recursive_mutex> lock(entry->mutex);
+      if (!entry->target) continue;
+      ReclaimRequest remaining = request;
+      remaining.bytes_goal = request.bytes_goal - released;
+      released += entry->target->reclaim(remaining);
+    }
+  } catch (...) {
+    log(LogLevel::error, "reclaim_all: out of memory while listing resources; nothing reclaimed");
+  }
+  return released;
+}
+
+/// Number of resources in the registry (diagnostics and tests).
+inline std::size_t registered_reclaimable_count() noexcept {
+  auto& reg = detail::registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  return reg.entries.size();
+}
+
+/// The orderly end while CUDA is still alive: stops managers' timers, releases idle pool memory,
+/// evicts unpinned models and empties framework caches. Everything keeps working afterwards (on
+/// the slow path) or reports a clear error. Returns the bytes released. Never throws.
+inline std::size_t shutdown() noexcept {
+  ReclaimRequest request;
+  request.level = ReclaimLevel::shutdown;
+  return reclaim_all(request);
+}
+
+GPUSAFE_NAMESPACE_END
+
+#endif  // GPUSAFE_LIFECYCLE_HPP

@@ -1,0 +1,450 @@
+// gpusafe/testing/fake_runtime.hpp: FakeRuntime, a simulated GPU runtime for tests.
+//
+// It models N devices with a capacity each (real host memory behind every allocation), counts
+// every call, and injects the failures real CUDA shows at the worst moments: per-call faults
+// (fail the k-th call of an operation with any code) and whole-runtime modes (unloading = 4,
+// context destroyed = 709, sticky = 700, no driver = 35, no device = 100, forked child = 3,
+// trap = abort on any call). Like cudart, it registers its own teardown with atexit at its first
+// call; after that teardown every call fails with 4, or aborts when trap_after_teardown is on,
+// which is how tests prove that nothing calls the runtime once the process is exiting.
+// Streams and events are simulated: work enqueued on a stream completes when the test says so.
+//
+// Thread safety: all members may be called from any thread. Teardown: its state is leaked on
+// purpose and stays valid; in a forked child its lock is re-created and calls fail with 3, as
+// CUDA does in a child.
+#ifndef GPUSAFE_TESTING_FAKE_RUNTIME_HPP
+#define GPUSAFE_TESTING_FAKE_RUNTIME_HPP
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gpusafe/config.hpp"
+#include "gpusafe/detail/host_memory.hpp"
+#include "gpusafe/detail/no_destructor.hpp"
+#include "gpusafe/detail/process_state.hpp"
+#include "gpusafe/error.hpp"
+#include "gpusafe/runtime.hpp"
+
+GPUSAFE_NAMESPACE_BEGIN
+namespace testing {
+
+/// Whole-runtime failure modes; the value is the code every call returns.
+enum class FakeMode : int {
+  normal = 0,
+  forked_child = codes::initialization_error,     // 3
+  runtime_unloading = codes::cudart_unloading,   // 4
+  no_driver = codes::insufficient_driver,        // 35
+  no_device = codes::no_device,                  // 100
+  sticky = codes::illegal_address,               // 700
+  context_destroyed = codes::context_is_destroyed,  // 709
+  trap = -1,                                     // abort() on any call
+};
+
+/// The operations of the Runtime concept, for counters and per-call faults.
+enum class FakeOp : int {
+  device_count,
+  allocate,
+  deallocate,
+  memory_info,
+  synchronize,
+  get_device,
+  set_device,
+  device_properties,
+  event_create,
+  event_destroy,
+  event_record,
+  event_query,
+  count_
+};
+
+constexpr const char* to_string(FakeOp op) noexcept {
+  constexpr const char* names[] = {"device_count", "allocate",          "deallocate",
+                                   "memory_info",  "synchronize",       "get_device",
+                                   "set_device",   "device_properties", "event_create",
+                                   "event_destroy", "event_record",     "event_query"};
+  return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
+}
+
+namespace detail_fake {
+
+constexpr int kOpCount = static_cast<int>(FakeOp::count_);
+
+struct Device {
+  std::size_t capacity = 0;
+  std::size_t used = 0;
+  bool override_info = false;
+  std::size_t info_free = 0;
+  std::size_t info_total = 0;
+};
+
+struct Allocation {
+  std::size_t bytes;
+  int device;
+  MemoryKind kind;
+};
+
+struct Fault {
+  FakeOp op;
+  int code;
+  std::uint64_t skip;   // calls of op to let through first
+  std::int64_t times;   // failures left; -1 = forever
+};
+
+struct Stream {
+  std::uint64_t enqueued = 0;
+  std::uint64_t completed = 0;
+};
+
+struct Event {
+  Stream* stream = nullptr;
+  std::uint64_t ticket = 0;
+};
+
+struct State {
+  std::mutex mutex;
+  std::atomic<bool> started{false};
+  std::atomic<bool> torn_down{false};
+  std::atomic<bool> trap_after_teardown{false};
+  std::atomic<int> mode{0};
+  std::atomic<int> device_count{1};
+  std::vector<Device> devices{Device{std::size_t{1} << 30}};
+  std::atomic<std::uint64_t> calls[kOpCount] = {};
+  std::atomic<std::uint64_t> calls_after_teardown{0};
+  std::atomic<std::uint64_t> invalid_frees{0};
+  std::vector<Fault> faults;
+  std::unordered_map<void*, Allocation> allocations;
+  pid_t pid = ::getpid();
+};
+
+inline State& state() noexcept {
+  static NoDestructor<State> instance;
+  return instance.get();
+}
+
+inline thread_local int current_device = 0;
+
+inline void teardown() noexcept { state().torn_down.store(true, std::memory_order_seq_cst); }
+
+inline void reset_lock_in_child() noexcept { new (&state().mutex) std::mutex(); }
+
+[[noreturn]] inline void trap(FakeOp op, const char* why) noexcept {
+  std::fprintf(stderr, "FakeRuntime trap: %s called %s\n", to_string(op), why);
+  std::fflush(stderr);
+  std::abort();
+}
+
+/// The common prologue of every call: counting, teardown, modes, child, faults. Returns the code
+/// the call must fail with, or 0 to go on.
+inline int enter(FakeOp op) noexcept {
+  State& st = state();
+  if (!st.started.exchange(true)) {
+    // Like cudart: teardown registered at the first call, before gpusafe's exit handler.
+    std::atexit(&teardown);
+    gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
+  }
+  const std::uint64_t nth = st.calls[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);
+  if (st.torn_down.load(std::memory_order_seq_cst)) {
+    st.calls_after_teardown.fetch_add(1, std::memory_order_relaxed);
+    if (st.trap_after_teardown.load()) trap(op, "after the runtime's teardown");
+    return codes::cudart_unloading;
+  }
+  const int mode = st.mode.load(std::memory_order_acquire);
+  if (mode == static_cast<int>(FakeMode::trap)) trap(op, "in trap mode");
+  if (st.pid != ::getpid()) return codes::initialization_error;
+  if (mode != 0) return mode;
+  std::lock_guard<std::mutex> lock(st.mutex);
+  for (auto it = st.faults.begin(); it != st.faults.end(); ++it) {
+    if (it->op != op) continue;
+    if (nth < it->skip) continue;
+    const int code = it->code;
+    if (it->times > 0 && --it->times == 0) st.faults.erase(it);
+    return code;
+  }
+  return 0;
+}
+
+inline bool valid_device(int device) noexcept {
+  return device >= 0 && device < state().device_count.load();
+}
+
+}  // namespace detail_fake
+
+/// A simulated GPU runtime (see the header comment). Configuration functions are for tests; the
+/// rest is the Runtime concept, as in HostRuntime.
+class FakeRuntime {
+ public:
+  using State = detail_fake::State;
+
+  // ---- configuration -------------------------------------------------------------------------
+
+  /// Starts over: `devices` devices of `capacity` bytes, normal mode, no faults, zero counters.
+  /// Live allocations stay valid (and still count against their device).
+  static void reset(int devices = 1, std::size_t capacity = std::size_t{1} << 30) {
+    if (devices < 0) throw InvalidArgument("FakeRuntime::reset: negative device count; pass 0 or more");
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    std::vector<std::size_t> used(static_cast<std::size_t>(devices), 0);
+    for (const auto& a : st.allocations)
+      if (a.second.kind == MemoryKind::device && a.second.device < devices)
+        used[static_cast<std::size_t>(a.second.device)] += a.second.bytes;
+    st.devices.assign(static_cast<std::size_t>(devices), detail_fake::Device{capacity});
+    for (int i = 0; i < devices; ++i) st.devices[static_cast<std::size_t>(i)].used = used[static_cast<std::size_t>(i)];
+    st.device_count.store(devices);
+    st.mode.store(0);
+    st.faults.clear();
+    for (auto& c : st.calls) c.store(0);
+    st.calls_after_teardown.store(0);
+    st.invalid_frees.store(0);
+    st.trap_after_teardown.store(false);
+    detail_fake::current_device = 0;
+  }
+
+  /// Every call fails with the mode's code from now on (trap: aborts).
+  static void set_mode(FakeMode mode) noexcept { state().mode.store(static_cast<int>(mode)); }
+  static FakeMode mode() noexcept { return static_cast<FakeMode>(state().mode.load()); }
+
+  /// The calls of `op` after the first `skip` fail with `code`, `times` times (-1 = forever).
+  static void fail_call(FakeOp op, int code, std::uint64_t skip = 0, std::int64_t times = 1) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.faults.push_back({op, code, st.calls[static_cast<int>(op)].load() + skip, times});
+  }
+
+  /// The k-th allocation from now (1-based) fails with `code` (default: out of memory).
+  static void fail_nth_allocation(std::uint64_t k, int code = codes::memory_allocation) {
+    if (k == 0) throw InvalidArgument("FakeRuntime::fail_nth_allocation(0): k is 1-based; pass 1 or more");
+    fail_call(FakeOp::allocate, code, k - 1, 1);
+  }
+
+  static void clear_faults() {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.faults.clear();
+  }
+
+  /// memory_info() of `device` reports these figures instead of capacity and use.
+  static void set_memory_info(int device, std::size_t free_bytes, std::size_t total_bytes) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    auto& d = st.devices.at(static_cast<std::size_t>(device));
+    d.override_info = true;
+    d.info_free = free_bytes;
+    d.info_total = total_bytes;
+  }
+  static void clear_memory_info(int device) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.devices.at(static_cast<std::size_t>(device)).override_info = false;
+  }
+
+  /// After the runtime's teardown, any call aborts the process (with a message on stderr).
+  static void trap_after_teardown(bool on = true) noexcept { state().trap_after_teardown.store(on); }
+  static bool torn_down() noexcept { return state().torn_down.load(); }
+  /// Whether the first call (which registers the teardown) has happened.
+  static bool started() noexcept { return state().started.load(); }
+
+  // ---- observation ---------------------------------------------------------------------------
+
+  static std::uint64_t calls(FakeOp op) noexcept { return state().calls[static_cast<int>(op)].load(); }
+  static std::uint64_t total_calls() noexcept {
+    std::uint64_t n = 0;
+    for (const auto& c : state().calls) n += c.load();
+    return n;
+  }
+  static std::uint64_t calls_after_teardown() noexcept { return state().calls_after_teardown.load(); }
+  /// deallocate() of a pointer that is not live (a double free, or a foreign pointer).
+  static std::uint64_t invalid_frees() noexcept { return state().invalid_frees.load(); }
+  static std::size_t live_allocations() {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    return st.allocations.size();
+  }
+  static std::size_t bytes_in_use(int device) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    return st.devices.at(static_cast<std::size_t>(device)).used;
+  }
+
+  // ---- simulated streams ---------------------------------------------------------------------
+
+  static StreamHandle create_stream() { return new detail_fake::Stream(); }
+  static void destroy_stream(StreamHandle s) noexcept { delete static_cast<detail_fake::Stream*>(s); }
+  /// Simulates a kernel launched on `s`: events recorded after it stay pending until completion.
+  static void enqueue_work(StreamHandle s) noexcept { ++static_cast<detail_fake::Stream*>(s)->enqueued; }
+  /// All work enqueued on `s` so far is done.
+  static void complete_stream(StreamHandle s) noexcept {
+    auto* st = static_cast<detail_fake::Stream*>(s);
+    st->completed = st->enqueued;
+  }
+
+  // ---- the Runtime concept -------------------------------------------------------------------
+
+  static constexpr const char* name() noexcept { return "fake"; }
+
+  static bool gpu_available() noexcept {
+    const State& st = state();
+    return st.mode.load() == 0 && st.device_count.load() > 0 && !st.torn_down.load() &&
+           !gpusafe::detail::is_forked_child() && !gpusafe::detail::is_exiting();
+  }
+
+  static Status device_count(int& count) noexcept {
+    count = 0;
+    return finish(FakeOp::device_count, -1, [&] {
+      count = state().device_count.load();
+      return count > 0 ? codes::success : codes::no_device;
+    });
+  }
+
+  static Status allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
+    *out = nullptr;
+    return finish(FakeOp::allocate, device, [&] { return do_allocate(kind, device, bytes, out); });
+  }
+
+  static Status deallocate(MemoryKind kind, int device, void* p) noexcept {
+    return finish(FakeOp::deallocate, device, [&] { return do_deallocate(kind, p); });
+  }
+
+  static Status memory_info(int device, std::size_t& free_bytes, std::size_t& total_bytes) noexcept {
+    free_bytes = total_bytes = 0;
+    return finish(FakeOp::memory_info, device, [&] {
+      if (!detail_fake::valid_device(device)) return codes::invalid_device;
+      State& st = state();
+      std::lock_guard<std::mutex> lock(st.mutex);
+      const auto& d = st.devices[static_cast<std::size_t>(device)];
+      total_bytes = d.override_info ? d.info_total : d.capacity;
+      free_bytes = d.override_info ? d.info_free : d.capacity - d.used;
+      return codes::success;
+    });
+  }
+
+  static Status synchronize(int device) noexcept {
+    return finish(FakeOp::synchronize, device, [&] {
+      return detail_fake::valid_device(device) ? codes::success : codes::invalid_device;
+    });
+  }
+
+  static Status get_device(int& device) noexcept {
+    return finish(FakeOp::get_device, -1, [&] {
+      device = detail_fake::current_device;
+      return codes::success;
+    });
+  }
+
+  static Status set_device(int device) noexcept {
+    return finish(FakeOp::set_device, device, [&] {
+      if (!detail_fake::valid_device(device)) return codes::invalid_device;
+      detail_fake::current_device = device;
+      return codes::success;
+    });
+  }
+
+  static Status device_properties(int device, DeviceProperties& props) noexcept {
+    return finish(FakeOp::device_properties, device, [&] {
+      if (!detail_fake::valid_device(device)) return codes::invalid_device;
+      try {
+        props.name = "FakeRuntime device " + std::to_string(device);
+      } catch (...) {
+        return codes::memory_allocation;
+      }
+      props.compute_major = 9;
+      props.compute_minor = 0;
+      props.multiprocessors = 132;
+      return codes::success;
+    });
+  }
+
+  static Status event_create(EventHandle& event) noexcept {
+    event = nullptr;
+    return finish(FakeOp::event_create, -1, [&] {
+      event = new (std::nothrow) detail_fake::Event();
+      return event ? codes::success : codes::memory_allocation;
+    });
+  }
+  static Status event_destroy(EventHandle event) noexcept {
+    return finish(FakeOp::event_destroy, -1, [&] {
+      delete static_cast<detail_fake::Event*>(event);
+      return codes::success;
+    });
+  }
+  static Status event_record(EventHandle event, StreamHandle stream) noexcept {
+    return finish(FakeOp::event_record, -1, [&] {
+      auto* e = static_cast<detail_fake::Event*>(event);
+      if (!e) return codes::invalid_resource_handle;
+      e->stream = static_cast<detail_fake::Stream*>(stream);
+      e->ticket = e->stream ? e->stream->enqueued : 0;
+      return codes::success;
+    });
+  }
+  static Status event_query(EventHandle event) noexcept {
+    return finish(FakeOp::event_query, -1, [&] {
+      auto* e = static_cast<detail_fake::Event*>(event);
+      if (!e) return codes::invalid_resource_handle;
+      const bool done = !e->stream || e->stream->completed >= e->ticket;
+      return done ? codes::success : codes::not_ready;
+    });
+  }
+
+ private:
+  static State& state() noexcept { return detail_fake::state(); }
+
+  template <class Body>
+  static Status finish(FakeOp op, int device, Body&& body) noexcept {
+    int code = detail_fake::enter(op);
+    if (code == 0) code = body();
+    gpusafe::detail::note_runtime_call();
+    return gpusafe::detail::note_status({code}, device);
+  }
+
+  static int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
+    State& st = state();
+    const bool on_device = kind == MemoryKind::device;
+    if (on_device && !detail_fake::valid_device(device)) return codes::invalid_device;
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (on_device) {
+      auto& d = st.devices[static_cast<std::size_t>(device)];
+      if (bytes > d.capacity - d.used) return codes::memory_allocation;
+    }
+    void* p = gpusafe::detail::host_allocate(bytes);
+    if (!p) return codes::memory_allocation;
+    try {
+      st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind});
+    } catch (...) {
+      gpusafe::detail::host_free(p);
+      return codes::memory_allocation;
+    }
+    if (on_device) st.devices[static_cast<std::size_t>(device)].used += bytes;
+    *out = p;
+    return codes::success;
+  }
+
+  static int do_deallocate(MemoryKind kind, void* p) noexcept {
+    if (!p) return codes::success;
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const auto it = st.allocations.find(p);
+    if (it == st.allocations.end() || it->second.kind != kind) {
+      st.invalid_frees.fetch_add(1);
+      return codes::invalid_value;
+    }
+    if (kind == MemoryKind::device && it->second.device < static_cast<int>(st.devices.size()))
+      st.devices[static_cast<std::size_t>(it->second.device)].used -= it->second.bytes;
+    st.allocations.erase(it);
+    gpusafe::detail::host_free(p);
+    return codes::success;
+  }
+};
+
+}  // namespace testing
+GPUSAFE_NAMESPACE_END
+
+#endif  // GPUSAFE_TESTING_FAKE_RUNTIME_HPP
