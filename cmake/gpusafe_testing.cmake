@@ -59,6 +59,14 @@ macro(gpusafe_require_gtest)
       set(gtest_force_shared_crt ON CACHE BOOL "" FORCE)
       add_subdirectory("${_gpusafe_gtest_src}" "${PROJECT_BINARY_DIR}/_deps/googletest"
                        EXCLUDE_FROM_ALL SYSTEM)
+      # LibTorch may fix the libstdc++ ABI (-D_GLIBCXX_USE_CXX11_ABI=0 in older PyTorch
+      # wheels); GoogleTest must then be built with the same ABI as the tests that use it.
+      if(GPUSAFE_TORCH_FOUND AND TORCH_CXX_FLAGS)
+        separate_arguments(_gpusafe_torch_cxx_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+        foreach(_gpusafe_gtest_target gtest gtest_main)
+          target_compile_options(${_gpusafe_gtest_target} PRIVATE ${_gpusafe_torch_cxx_flags})
+        endforeach()
+      endif()
       if(NOT TARGET GTest::gtest)
         add_library(GTest::gtest ALIAS gtest)
       endif()

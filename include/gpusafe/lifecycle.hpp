@@ -15,12 +15,14 @@
 #define GPUSAFE_LIFECYCLE_HPP
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "gpusafe/config.hpp"
@@ -96,6 +98,25 @@ class Reclaimable {
   virtual const char* reclaimable_name() const noexcept { return "reclaimable"; }
   /// Current holdings, for monitoring. Never throws.
   virtual ResourceUsage usage() const noexcept { return {}; }
+};
+
+/// One outstanding allocation (a lease nobody gave back yet), for leak reports.
+struct LeakRecord {
+  std::string resource;               ///< the pool (or other resource) that handed it out
+  std::string file;                   ///< where it was taken; empty when not tracked
+  int line = 0;
+  std::string tag;                    ///< the caller's label, if any
+  std::size_t bytes = 0;
+  std::chrono::nanoseconds age{0};    ///< how long ago it was taken
+};
+
+/// Optional interface for a Reclaimable that tracks what it handed out (a pool with its lease
+/// tracker on). MemoryManager::leak_report() asks every attached resource that implements it.
+class LeakReporter {
+ public:
+  virtual ~LeakReporter() = default;
+  /// What is handed out right now. May throw std::bad_alloc.
+  virtual std::vector<LeakRecord> outstanding() const = 0;
 };
 
 namespace detail {

@@ -1,0 +1,509 @@
+// gpusafe/guards.hpp: scope guards and cleanup helpers for GPU code.
+//
+// - SafeCudaCleanup: runs deferred actions (last in, first out) at scope exit, then optionally
+//   synchronizes the device and empties caches.
+// - safe_tensor_cleanup(x...): releases what a member or variable holds (smart pointers,
+//   optionals, containers, anything with reset(); LibTorch tensors and modules via torch.hpp),
+//   through the CleanupTraits customization point.
+// - safe_cuda_empty_cache(): trims every registered Reclaimable (pools, caches, LibTorch's
+//   caching allocator); returns the bytes released.
+// - DeviceGuard: switches the current device and restores the caller's device at scope exit.
+//
+// Thread safety: a guard belongs to one thread (as a scope does); the free functions may be
+// called from any thread. Teardown: every destructor and release function here is noexcept and
+// makes no runtime call once the process is exiting or in a forked child (DESIGN rules 1, 2, 5);
+// safe_tensor_cleanup then leaks the object on purpose instead of running a destructor that could
+// call into a runtime that is already gone (the OS reclaims the memory at exit).
+#ifndef GPUSAFE_GUARDS_HPP
+#define GPUSAFE_GUARDS_HPP
+
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "gpusafe/config.hpp"
+#include "gpusafe/lifecycle.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define GPUSAFE_HAS_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define GPUSAFE_HAS_LSAN 1
+#endif
+#endif
+#ifndef GPUSAFE_HAS_LSAN
+#define GPUSAFE_HAS_LSAN 0
+#endif
+#if GPUSAFE_HAS_LSAN
+#include <sanitizer/lsan_interface.h>
+#endif
+#include "gpusafe/log.hpp"
+#include "gpusafe/runtime.hpp"
+
+GPUSAFE_NAMESPACE_BEGIN
+
+// ---- safe_cuda_empty_cache ------------------------------------------------------------------
+
+/// Asks every registered Reclaimable (buffer pools, model caches, LibTorch's CUDA caching
+/// allocator when torch.hpp is used) to give back the memory it holds idle. Returns the bytes
+/// released. Never throws; harmless without a GPU, in a forked child and at exit (each resource
+/// then drops what it holds without runtime calls).
+inline std::size_t safe_cuda_empty_cache() noexcept {
+  ReclaimRequest request;
+  request.level = ReclaimLevel::trim;
+  return reclaim_all(request);
+}
+
+namespace detail {
+
+/// Whether runtime calls must be avoided from now on in this process.
+inline bool runtime_is_gone() noexcept { return is_exiting() || is_forked_child(); }
+
+/// Tells LeakSanitizer (when present) that `p` is leaked on purpose, so it is not reported.
+inline void mark_deliberate_leak(const void* p) noexcept {
+#if GPUSAFE_HAS_LSAN
+  __lsan_ignore_object(p);
+#else
+  (void)p;
+#endif
+}
+
+/// Logs a failed status of a release-path call: benign and no-GPU codes at debug level, others
+/// as a warning. The caller makes sure it happens at most once per resource.
+inline void log_release_failure(const char* who, const char* call, int device, Status s) noexcept {
+  const ErrorClass c = s.error_class();
+  const LogLevel level = (c == ErrorClass::benign_at_shutdown || c == ErrorClass::no_gpu)
+                             ? LogLevel::debug
+                             : LogLevel::warning;
+  log_lazy(level, [&] {
+    return std::string(who) + ": " + call + " on device " + std::to_string(device) +
+           " failed with " + s.describe() + " (" + to_string(c) + "); ignored on this release path";
+  });
+}
+
+}  // namespace detail
+
+// ---- SafeCudaCleanup ------------------------------------------------------------------------
+
+/// What a SafeCudaCleanup does at scope exit, after its deferred actions.
+struct SafeCudaCleanupOptions {
+  /// Wait for the device's work to finish (skipped without a GPU or on a poisoned device).
+  bool synchronize = false;
+  /// Call safe_cuda_empty_cache().
+  bool empty_cache = false;
+  /// The device to synchronize; -1 = the current device at scope exit.
+  int device = -1;
+};
+
+/// RAII scope guard: at scope exit runs the deferred actions in reverse order of defer(), then
+/// synchronizes and empties caches as the options say. An action that throws is caught (the
+/// others still run) and reported in one log line. The destructor is noexcept and makes no
+/// runtime call once the process is exiting, in a forked child, or on a poisoned device.
+///
+///   gpusafe::SafeCudaCleanup cleanup({/*synchronize=*/true, /*empty_cache=*/true});
+///   cleanup.defer([&] { gpusafe::safe_tensor_cleanup(scratch); });
+template <class Runtime>
+class BasicSafeCudaCleanup {
+ public:
+  using Options = SafeCudaCleanupOptions;
+
+  /// A guard that only runs deferred actions.
+  BasicSafeCudaCleanup() noexcept = default;
+  explicit BasicSafeCudaCleanup(Options options) noexcept : options_(options) {}
+
+  BasicSafeCudaCleanup(const BasicSafeCudaCleanup&) = delete;
+  BasicSafeCudaCleanup& operator=(const BasicSafeCudaCleanup&) = delete;
+
+  ~BasicSafeCudaCleanup() { run(); }
+
+  /// Adds an action to run at scope exit (last added runs first). Acquire side: storing the
+  /// action may throw std::bad_alloc, in which case it is not registered and nothing else
+  /// changes. `f` must be copyable (it is kept in a std::function).
+  template <class F>
+  BasicSafeCudaCleanup& defer(F&& f) {
+    actions_.emplace_back(std::forward<F>(f));
+    return *this;
+  }
+
+  /// Cancels everything: no action runs, no synchronization, no cache trim.
+  void dismiss() noexcept {
+    dismissed_ = true;
+    actions_.clear();
+  }
+
+  /// Whether the guard will still do something at scope exit.
+  bool active() const noexcept { return !dismissed_; }
+  /// Number of deferred actions not run yet.
+  std::size_t pending() const noexcept { return actions_.size(); }
+  const Options& options() const noexcept { return options_; }
+
+ private:
+  void run() noexcept {
+    if (dismissed_) return;
+    dismissed_ = true;
+    std::size_t failures = 0;
+    std::string first_failure;
+    while (!actions_.empty()) {
+      // Moved out first so that an action may safely call defer() or dismiss() on this guard.
+      std::function<void()> action = std::move(actions_.back());
+      actions_.pop_back();
+      try {
+        if (action) action();
+      } catch (const std::exception& e) {
+        if (failures++ == 0) first_failure = safe_what(e);
+      } catch (...) {
+        if (failures++ == 0) first_failure = "an exception not derived from std::exception";
+      }
+    }
+    if (failures > 0) {
+      log_lazy(LogLevel::warning, [&] {
+        return "SafeCudaCleanup: " + std::to_string(failures) +
+               " deferred action(s) threw; the others ran. First: " + first_failure;
+      });
+    }
+    if (options_.synchronize) synchronize();
+    if (options_.empty_cache) (void)safe_cuda_empty_cache();
+  }
+
+  void synchronize() noexcept {
+    detail::RuntimeCallGate gate;
+    if (!gate || !Runtime::gpu_available()) return;
+    int device = options_.device;
+    if (device < 0) {
+      const Status s = Runtime::get_device(device);
+      if (!s.ok()) {
+        detail::log_release_failure("SafeCudaCleanup", "get_device", -1, s);
+        return;
+      }
+    }
+    if (detail::is_poisoned(device)) return;
+    const Status s = Runtime::synchronize(device);
+    if (!s.ok()) detail::log_release_failure("SafeCudaCleanup", "synchronize", device, s);
+  }
+
+  static std::string safe_what(const std::exception& e) noexcept {
+    try {
+      return e.what();
+    } catch (...) {
+      return {};
+    }
+  }
+
+  Options options_{};
+  bool dismissed_ = false;
+  std::vector<std::function<void()>> actions_;
+};
+
+/// SafeCudaCleanup on the default runtime (CUDA when compiled in and usable, else the host).
+using SafeCudaCleanup = BasicSafeCudaCleanup<DefaultRuntime>;
+
+// ---- safe_tensor_cleanup --------------------------------------------------------------------
+
+/// Customization point of safe_tensor_cleanup: specialise it for your type with
+///
+///   template <> struct gpusafe::CleanupTraits<MyTensor> {
+///     static bool release(MyTensor& x) noexcept;  // true when something was released
+///   };
+///
+/// (or partially, with `Enable` as a std::enable_if_t condition). release() must not throw and,
+/// when detail::runtime_is_gone() (the process is exiting or is a forked child), must not call
+/// the GPU runtime: leak the object instead (see leak_for_teardown()). The primary template
+/// handles std::unique_ptr, std::shared_ptr, std::optional, containers of supported types
+/// (sequences, std::array, maps by their values) and any type with a reset() member.
+template <class T, class Enable = void>
+struct CleanupTraits;
+
+namespace detail {
+
+template <class>
+constexpr bool always_false = false;
+
+template <class T, class = void>
+struct HasReset : std::false_type {};
+template <class T>
+struct HasReset<T, std::void_t<decltype(std::declval<T&>().reset())>> : std::true_type {};
+
+template <class T, class = void>
+struct HasBool : std::false_type {};
+template <class T>
+struct HasBool<T, std::void_t<decltype(static_cast<bool>(std::declval<const T&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct IsMap : std::false_type {};
+template <class T>
+struct IsMap<T, std::void_t<typename T::key_type, typename T::mapped_type>> : std::true_type {};
+
+template <class T, class = void>
+struct IsRange : std::false_type {};
+template <class T>
+struct IsRange<T, std::void_t<decltype(std::begin(std::declval<T&>())),
+                              decltype(std::end(std::declval<T&>()))>> : std::true_type {};
+
+template <class T, class = void>
+struct HasClear : std::false_type {};
+template <class T>
+struct HasClear<T, std::void_t<decltype(std::declval<T&>().clear())>> : std::true_type {};
+
+template <class T>
+struct IsOptional : std::false_type {};
+template <class U>
+struct IsOptional<std::optional<U>> : std::true_type {};
+
+template <class T>
+struct IsUniquePtr : std::false_type {};
+template <class U, class D>
+struct IsUniquePtr<std::unique_ptr<U, D>> : std::true_type {};
+
+template <class T>
+struct IsSharedPtr : std::false_type {};
+template <class U>
+struct IsSharedPtr<std::shared_ptr<U>> : std::true_type {};
+
+/// Logs "safe_tensor_cleanup: <why>" once per process for each distinct call site type.
+template <class T>
+void log_cleanup_failure_once(const char* why) noexcept {
+  static LogOnce once;
+  if (once.first())
+    log_lazy(LogLevel::warning, [&] {
+      return std::string("safe_tensor_cleanup: ") + why +
+             "; the object was left as it was (further failures of this kind are not logged)";
+    });
+}
+
+}  // namespace detail
+
+/// Moves `x` into a heap object that is never freed, so that its destructor never runs, then
+/// calls `x.reset()` when T has one (a moved-from object is expected to be empty; reset() makes
+/// sure). Used when the GPU runtime may already be gone. Returns false (and leaves `x` as it
+/// was) only when the allocation or the move fails. Never throws.
+template <class T>
+bool leak_for_teardown(T& x) noexcept {
+  static_assert(std::is_move_constructible_v<T>, "leak_for_teardown needs a movable type");
+  try {
+    // Deliberately never deleted: its destructor could call the runtime.
+    detail::mark_deliberate_leak(new T(std::move(x)));
+  } catch (...) {
+    detail::log_cleanup_failure_once<T>("could not move the object aside at exit");
+    return false;
+  }
+  if constexpr (detail::HasReset<T>::value) {
+    try {
+      x.reset();
+    } catch (...) {
+    }
+  }
+  return true;
+}
+
+namespace detail {
+
+template <class T>
+bool release_element(T& x) noexcept {
+  return CleanupTraits<T>::release(x);
+}
+
+template <class T>
+bool release_optional(T& x) noexcept {
+  if (!x.has_value()) return false;
+  const bool released = release_element(*x);
+  x.reset();  // the value is empty (or leaked) by now, so destroying it calls nothing
+  return released;
+}
+
+template <class T, std::enable_if_t<IsUniquePtr<T>::value, int> = 0>
+bool generic_release_ptr(T& x) noexcept {
+  if (!x) return false;
+  if (runtime_is_gone()) {
+    (void)x.release();  // leaked on purpose
+    return true;
+  }
+  try {
+    x.reset();
+  } catch (...) {
+    log_cleanup_failure_once<T>("the object's destructor threw");
+  }
+  return true;
+}
+
+template <class T, std::enable_if_t<IsSharedPtr<T>::value, int> = 0>
+bool generic_release_ptr(T& x) noexcept {
+  if (!x) return false;
+  if (runtime_is_gone()) return leak_for_teardown(x);
+  try {
+    x.reset();
+  } catch (...) {
+    log_cleanup_failure_once<T>("the object's destructor threw");
+  }
+  return true;
+}
+
+template <class T>
+bool release_range(T& x) noexcept {
+  bool released = false;
+  for (auto& element : x) {
+    if constexpr (IsMap<T>::value) {
+      using Mapped = typename T::mapped_type;
+      released = release_element<Mapped>(element.second) || released;
+    } else {
+      using Element = std::remove_reference_t<decltype(element)>;
+      static_assert(!std::is_const_v<Element>,
+                    "safe_tensor_cleanup: elements of this container are const (a set?); "
+                    "keep GPU resources in a vector, list, deque, array or map");
+      released = release_element<Element>(element) || released;
+    }
+  }
+  if constexpr (HasClear<T>::value) {
+    try {
+      x.clear();  // elements are empty (or leaked) by now
+    } catch (...) {
+      log_cleanup_failure_once<T>("clearing the container threw");
+    }
+  }
+  return released;
+}
+
+template <class T>
+bool release_resettable(T& x) noexcept {
+  bool held = true;
+  if constexpr (HasBool<T>::value) {
+    try {
+      held = static_cast<bool>(x);
+    } catch (...) {
+    }
+  }
+  if (!held) return false;
+  if (runtime_is_gone()) return leak_for_teardown(x);
+  try {
+    x.reset();
+  } catch (...) {
+    log_cleanup_failure_once<T>("reset() threw");
+    return false;
+  }
+  return true;
+}
+
+template <class T>
+bool generic_release(T& x) noexcept {
+  if constexpr (IsOptional<T>::value) {
+    return release_optional(x);
+  } else if constexpr (IsUniquePtr<T>::value || IsSharedPtr<T>::value) {
+    return generic_release_ptr(x);
+  } else if constexpr (IsRange<T>::value) {
+    return release_range(x);
+  } else if constexpr (HasReset<T>::value) {
+    return release_resettable(x);
+  } else {
+    static_assert(always_false<T>,
+                  "safe_tensor_cleanup: no CleanupTraits for this type. Give it a reset() "
+                  "member or specialise gpusafe::CleanupTraits<T> with a static noexcept "
+                  "bool release(T&)");
+    return false;
+  }
+}
+
+}  // namespace detail
+
+/// The built-in handling (see the comment of the declaration above).
+template <class T, class Enable>
+struct CleanupTraits {
+  static bool release(T& x) noexcept { return detail::generic_release(x); }
+};
+
+/// Releases what each argument holds (a tensor, a module, a smart pointer, an optional, a
+/// container of them, anything with reset() or a CleanupTraits specialisation), leaving it
+/// empty. Returns whether something was released. Never throws (a failure is logged once).
+/// When the process is exiting or is a forked child, the objects are leaked on purpose instead
+/// of destroyed, because their destructors could call a GPU runtime that is gone.
+template <class... Ts>
+bool safe_tensor_cleanup(Ts&... xs) noexcept {
+  static_assert(sizeof...(Ts) > 0, "safe_tensor_cleanup needs at least one argument");
+  static_assert((!std::is_const_v<Ts> && ...), "safe_tensor_cleanup cannot empty a const object");
+  bool released = false;
+  ((released = CleanupTraits<Ts>::release(xs) || released), ...);
+  return released;
+}
+
+// ---- DeviceGuard ----------------------------------------------------------------------------
+
+/// Makes `device` the current device for the scope and restores the caller's device at scope
+/// exit. The constructor is acquire side: a bad index throws InvalidArgument naming the valid
+/// ones; without a GPU, index 0 (the host) is accepted and nothing is switched. It does not
+/// refuse a poisoned device, so that recovery code (cudaDeviceReset) can run under it. The
+/// destructor is noexcept and makes no runtime call when the process is exiting or forked.
+template <class Runtime>
+class BasicDeviceGuard {
+ public:
+  explicit BasicDeviceGuard(int device) : device_(device) {
+    const std::string what = "DeviceGuard(" + std::to_string(device) + ")";
+    if (device < 0)
+      throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
+    if (!Runtime::gpu_available()) {
+      if (device == 0) return;
+      if (detail::runtime_is_gone()) check_gpu_request(device, what);
+      throw InvalidArgument(what + ": there is no usable GPU (" + Runtime::name() +
+                            " runtime), so only index 0, the host, exists; pass 0");
+    }
+    // Held during the calls so that the exit handler waits for them (bounded) before the runtime
+    // tears down; refused when forked or exiting, which check_gpu_request reports clearly.
+    detail::RuntimeCallGate gate;
+    if (!gate) check_gpu_request(device, what);
+    throw_on_failure(Runtime::get_device(previous_), what + ": reading the current device");
+    if (previous_ == device) return;
+    const Status s = Runtime::set_device(device);
+    if (!s.ok()) {
+      int count = 0;
+      if (s.code == codes::invalid_device && Runtime::device_count(count).ok())
+        throw InvalidArgument(what + ": no such device; this machine has " +
+                                  std::to_string(count) + " GPU(s), valid indices are 0.." +
+                                  std::to_string(count - 1),
+                              s.code);
+      throw_status(s, what + ": switching device");
+    }
+    switched_ = true;
+  }
+
+  BasicDeviceGuard(const BasicDeviceGuard&) = delete;
+  BasicDeviceGuard& operator=(const BasicDeviceGuard&) = delete;
+
+  ~BasicDeviceGuard() {
+    if (!switched_) return;
+    detail::RuntimeCallGate gate;
+    if (!gate) return;
+    const Status s = Runtime::set_device(previous_);
+    if (!s.ok()) detail::log_release_failure("DeviceGuard", "restoring the device", previous_, s);
+  }
+
+  /// The device made current by this guard.
+  int device() const noexcept { return device_; }
+  /// The device that was current before (restored at scope exit).
+  int previous_device() const noexcept { return previous_; }
+  /// Whether the guard switched device (and will switch back).
+  bool switched() const noexcept { return switched_; }
+
+ private:
+  int device_;
+  int previous_ = 0;
+  bool switched_ = false;
+};
+
+/// DeviceGuard on the default runtime.
+using DeviceGuard = BasicDeviceGuard<DefaultRuntime>;
+
+static_assert(std::is_nothrow_destructible_v<SafeCudaCleanupOptions>);
+static_assert(std::is_nothrow_destructible_v<BasicSafeCudaCleanup<HostRuntime>>);
+static_assert(std::is_nothrow_destructible_v<SafeCudaCleanup>);
+static_assert(std::is_nothrow_destructible_v<BasicDeviceGuard<HostRuntime>>);
+static_assert(std::is_nothrow_destructible_v<DeviceGuard>);
+
+GPUSAFE_NAMESPACE_END
+
+#endif  // GPUSAFE_GUARDS_HPP

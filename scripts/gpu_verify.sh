@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds and runs the whole suite and the benchmarks on a machine with an NVIDIA GPU, CUDA's
+# compiler, CMake and PyTorch (whose install holds LibTorch with CUDA), and writes the results
+# (test logs, benchmark JSON, a summary) to the folder given as argument.
+#
+#   scripts/gpu_verify.sh RESULTS_DIR [CARRY_DIR]
+#
+# Without network the machine may lack GoogleTest and Google Benchmark: CARRY_DIR (default
+# .device-carry, made by scripts/gpu_carry.sh) holds their sources / library.
+set -uo pipefail
+out=${1:?usage: gpu_verify.sh RESULTS_DIR [CARRY_DIR]}
+carry=$(realpath "${2:-.device-carry}")
+mkdir -p "$out"
+out=$(realpath "$out")
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export GPUSAFE_TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+[ -d "$carry/googletest" ] && export GPUSAFE_GTEST_SOURCE_DIR="$carry/googletest"
+if [ -d "$carry/bench" ]; then
+  export GPUSAFE_BENCHMARK_ROOT="$carry/bench"
+  export LD_LIBRARY_PATH="$carry/bench/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+summary="$out/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+step() {  # step NAME COMMAND...: runs, logs to NAME.log, records pass/fail
+  local name=$1; shift
+  local t0=$(date +%s)
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  note "$name: $([ $rc -eq 0 ] && echo PASS || echo "FAIL (rc=$rc)") in $(( $(date +%s) - t0 )) s"
+  tail -n 5 "$out/$name.log" | sed 's/^/    /' >>"$summary"
+  return $rc
+}
+
+note "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+note "nvcc: $(nvcc --version | tail -1)"
+note "torch: $(python3 -c 'import torch; print(torch.__version__)')"
+jobs=$(nproc)
+
+step configure cmake --preset gpu || exit 1
+step build cmake --build build/gpu -j "$jobs" || exit 1
+step tests_gpu ctest --test-dir build/gpu -j "$jobs" --output-on-failure --timeout 600
+CUDA_VISIBLE_DEVICES= step tests_no_visible_device ctest --test-dir build/gpu -j "$jobs" --output-on-failure -LE consumer
+step hazards_x20 build/gpu/tests/gpusafe_hazards --gtest_repeat=20 --gtest_brief=1
+if command -v compute-sanitizer >/dev/null; then
+  for t in build/gpu/tests/gpusafe_buffer_pool_test build/gpu/tests/gpusafe_gpu_stream_test; do
+    [ -x "$t" ] && step "sanitizer_$(basename "$t")" compute-sanitizer --tool memcheck --leak-check full \
+      --error-exitcode 1 "$t" --gtest_brief=1
+  done
+fi
+mkdir -p "$out/bench"
+for b in build/gpu/benchmarks/*_bench; do
+  [ -x "$b" ] || continue
+  step "bench_$(basename "$b")" "$b" --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+    --benchmark_out="$out/bench/$(basename "$b").json" --benchmark_out_format=json
+done
+note "done"

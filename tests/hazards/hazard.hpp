@@ -1,0 +1,150 @@
+// tests/hazards/hazard.hpp: the scenario API of the teardown-hazard suite (gpusafe_hazards).
+//
+// A scenario is a function template over the Runtime, registered with one of the macros below:
+//
+//   GPUSAFE_HAZARD_SCENARIO(static_guards) {          // "static_guards/fake" + "/default"
+//     ...; return 0;                                   // 0 = the body passed
+//   }
+//   GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(fault_codes) { ... }  // only "fault_codes/fake"
+//   GPUSAFE_HAZARD_SCENARIO_EXITS(name, kExitReturn | kExitStd) { ... }
+//   GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY_EXITS(name, kExitQuick) { ... }
+//
+// The harness (main.cpp) runs every (scenario, variant, exit style) as a child process of
+// itself: FakeRuntime::reset() (+ trap_after_teardown for the fake variant), the body, then
+// the process ends by returning from main, std::exit or std::quick_exit. The child passes when
+// it exits 0 with no signal and nothing on stderr that says "terminate called", "FakeRuntime
+// trap", "HAZARD CHECK FAILED" or a sanitizer report.
+//
+// Inside a body, `Runtime` is the runtime type. Use GPUSAFE_HAZARD_CHECK(cond) for checks: a
+// failure prints the condition and ends the process at once with exit code 3, so the check also
+// works in static destructors, at-exit handlers, other threads and forked children.
+#ifndef GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
+#define GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "gpusafe/runtime.hpp"
+#include "gpusafe/testing/fake_runtime.hpp"
+
+namespace gpusafe_hazards {
+
+/// Exit styles, as a bit mask.
+enum : unsigned {
+  kExitReturn = 1u,  ///< return from main (static destructors, then atexit handlers interleaved)
+  kExitStd = 2u,     ///< std::exit from inside main (main's locals are NOT destroyed)
+  kExitQuick = 4u,   ///< std::quick_exit (no static destructors; at_quick_exit handlers only)
+  kExitAll = 7u,
+};
+
+/// The exit code of a failed GPUSAFE_HAZARD_CHECK.
+constexpr int kCheckFailedCode = 3;
+
+using ScenarioFn = int (*)();
+
+/// One registered variant of a scenario: "name/fake" or "name/default".
+struct Scenario {
+  std::string name;     ///< "base/variant"
+  std::string base;     ///< the name given to the macro
+  bool fake = false;    ///< Runtime = testing::FakeRuntime
+  unsigned exits = kExitAll;
+  ScenarioFn body = nullptr;
+};
+
+/// The registry (leaked, so that it is valid whenever registration happens).
+inline std::vector<Scenario>& scenarios() {
+  static auto* all = new std::vector<Scenario>();
+  return *all;
+}
+
+/// What the running child was asked to do (set by main before the body runs).
+struct Current {
+  const Scenario* scenario = nullptr;
+  unsigned exit_style = kExitReturn;
+};
+inline Current& current() {
+  static Current c;
+  return c;
+}
+inline bool current_is_fake() { return current().scenario && current().scenario->fake; }
+
+struct Registrar {
+  Registrar(const char* base, ScenarioFn fake_fn, ScenarioFn default_fn, unsigned exits) {
+    if (fake_fn) scenarios().push_back({std::string(base) + "/fake", base, true, exits, fake_fn});
+    if (default_fn)
+      scenarios().push_back({std::string(base) + "/default", base, false, exits, default_fn});
+  }
+};
+
+/// Prints the failure and ends the process with kCheckFailedCode (no destructors run).
+[[noreturn]] inline void check_failed(const char* expr, const char* file, int line) noexcept {
+  std::fprintf(stderr, "HAZARD CHECK FAILED: %s:%d: %s\n", file, line, expr);
+  std::fflush(stderr);
+  std::_Exit(kCheckFailedCode);
+}
+
+/// Runs `fn` in a forked child and returns its exit code (128 + signal if it was killed). The
+/// child ends with std::_Exit(fn()), so it runs no destructors and no atexit handlers of the
+/// parent's state unless `fn` does so itself.
+template <class Fn>
+int run_in_fork(Fn&& fn) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int rc = 1;
+    try {
+      rc = fn();
+    } catch (...) {
+      std::fprintf(stderr, "HAZARD CHECK FAILED: exception escaped the forked child\n");
+      rc = kCheckFailedCode;
+    }
+    std::fflush(nullptr);
+    std::_Exit(rc);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace gpusafe_hazards
+
+#define GPUSAFE_HAZARD_CHECK(cond) \
+  ((cond) ? (void)0 : ::gpusafe_hazards::check_failed(#cond, __FILE__, __LINE__))
+
+#define GPUSAFE_HAZARD_DEFINE_(name, fake_fn, default_fn, exits)                             \
+  template <class Runtime>                                                                   \
+  int name();                                                                                \
+  static const ::gpusafe_hazards::Registrar gpusafe_hazard_registrar_##name(#name, fake_fn, \
+                                                                            default_fn, exits); \
+  template <class Runtime>                                                                   \
+  int name()
+
+/// Registers "name/fake" and "name/default", run with every exit style in `exits`.
+#define GPUSAFE_HAZARD_SCENARIO_EXITS(name, exits)                                   \
+  template <class Runtime>                                                           \
+  int name();                                                                        \
+  GPUSAFE_HAZARD_DEFINE_(name, &name<::gpusafe::testing::FakeRuntime>,               \
+                         &name<::gpusafe::DefaultRuntime>, (exits))
+
+/// Registers only "name/fake" (for bodies that inject faults), with the exit styles `exits`.
+#define GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY_EXITS(name, exits)                              \
+  template <class Runtime>                                                                \
+  int name();                                                                             \
+  GPUSAFE_HAZARD_DEFINE_(name, &name<::gpusafe::testing::FakeRuntime>, nullptr, (exits))
+
+#define GPUSAFE_HAZARD_SCENARIO(name) \
+  GPUSAFE_HAZARD_SCENARIO_EXITS(name, ::gpusafe_hazards::kExitAll)
+#define GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(name) \
+  GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY_EXITS(name, ::gpusafe_hazards::kExitAll)
+
+#endif  // GPUSAFE_TESTS_HAZARDS_HAZARD_HPP

@@ -1,0 +1,408 @@
+// Unit tests of gpusafe/testing/fake_runtime.hpp: the simulated devices, counters, fault
+// injection (per call and whole-runtime modes), simulated streams, and its bad-input errors.
+#include "gpusafe/testing/fake_runtime.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gpusafe/lifecycle.hpp"
+
+namespace gs = gpusafe;
+using gs::MemoryKind;
+using gs::testing::FakeMode;
+using gs::testing::FakeOp;
+using gs::testing::FakeRuntime;
+
+namespace {
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+class FakeRuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override { FakeRuntime::reset(2, 16 * kMiB); }
+  void TearDown() override {
+    FakeRuntime::reset();
+    // Sticky faults mark devices poisoned; leave no trace for the next test.
+    for (int d = 0; d < 2; ++d) gs::notify_device_reset(d);
+  }
+};
+
+// Calls `op` once with valid arguments and returns its status.
+gs::Status call_op(FakeOp op) {
+  switch (op) {
+    case FakeOp::device_count: {
+      int n = 0;
+      return FakeRuntime::device_count(n);
+    }
+    case FakeOp::allocate: {
+      void* p = nullptr;
+      const gs::Status s = FakeRuntime::allocate(MemoryKind::device, 0, 64, &p);
+      if (s.ok()) (void)FakeRuntime::deallocate(MemoryKind::device, 0, p);
+      return s;
+    }
+    case FakeOp::deallocate: return FakeRuntime::deallocate(MemoryKind::device, 0, nullptr);
+    case FakeOp::memory_info: {
+      std::size_t f = 0, t = 0;
+      return FakeRuntime::memory_info(0, f, t);
+    }
+    case FakeOp::synchronize: return FakeRuntime::synchronize(1);
+    case FakeOp::get_device: {
+      int d = 0;
+      return FakeRuntime::get_device(d);
+    }
+    case FakeOp::set_device: return FakeRuntime::set_device(0);
+    case FakeOp::device_properties: {
+      gs::DeviceProperties p;
+      return FakeRuntime::device_properties(1, p);
+    }
+    case FakeOp::event_create: {
+      gs::EventHandle e = nullptr;
+      const gs::Status s = FakeRuntime::event_create(e);
+      if (e) (void)FakeRuntime::event_destroy(e);
+      return s;
+    }
+    case FakeOp::event_destroy: return FakeRuntime::event_destroy(nullptr);
+    case FakeOp::event_record: return FakeRuntime::event_record(nullptr, nullptr);
+    case FakeOp::event_query: return FakeRuntime::event_query(nullptr);
+    case FakeOp::count_: break;
+  }
+  return {-1};
+}
+
+std::vector<FakeOp> all_ops() {
+  std::vector<FakeOp> ops;
+  for (int i = 0; i < static_cast<int>(FakeOp::count_); ++i) ops.push_back(static_cast<FakeOp>(i));
+  return ops;
+}
+
+}  // namespace
+
+TEST_F(FakeRuntimeTest, NormalModeServesDevicesUpToCapacity) {
+  EXPECT_TRUE(FakeRuntime::gpu_available());
+  int n = 0;
+  ASSERT_TRUE(FakeRuntime::device_count(n).ok());
+  EXPECT_EQ(n, 2);
+
+  void* a = nullptr;
+  void* b = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 10 * kMiB, &a).ok());
+  std::memset(a, 7, 10 * kMiB);  // real memory behind it
+  EXPECT_EQ(FakeRuntime::bytes_in_use(0), 10 * kMiB);
+  EXPECT_EQ(FakeRuntime::bytes_in_use(1), 0u);
+  const gs::Status full = FakeRuntime::allocate(MemoryKind::device, 0, 7 * kMiB, &b);
+  EXPECT_EQ(full.code, gs::codes::memory_allocation);
+  EXPECT_EQ(b, nullptr);
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 1, 7 * kMiB, &b).ok());
+
+  std::size_t free_b = 0, total_b = 0;
+  ASSERT_TRUE(FakeRuntime::memory_info(0, free_b, total_b).ok());
+  EXPECT_EQ(total_b, 16 * kMiB);
+  EXPECT_EQ(free_b, 6 * kMiB);
+  EXPECT_EQ(FakeRuntime::live_allocations(), 2u);
+
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, a).ok());
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 1, b).ok());
+  EXPECT_EQ(FakeRuntime::bytes_in_use(0), 0u);
+  EXPECT_EQ(FakeRuntime::live_allocations(), 0u);
+  EXPECT_EQ(FakeRuntime::invalid_frees(), 0u);
+}
+
+TEST_F(FakeRuntimeTest, HostAndPinnedMemoryDoNotCountAgainstTheDevice) {
+  void* p = nullptr;
+  void* h = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::pinned_host, 0, 32 * kMiB, &p).ok());
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::host, 0, 32 * kMiB, &h).ok());
+  EXPECT_EQ(FakeRuntime::bytes_in_use(0), 0u);
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::pinned_host, 0, p).ok());
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::host, 0, h).ok());
+}
+
+TEST_F(FakeRuntimeTest, CountsEveryCall) {
+  for (FakeOp op : all_ops()) {
+    const std::uint64_t before = FakeRuntime::calls(op);
+    (void)call_op(op);
+    EXPECT_GE(FakeRuntime::calls(op), before + 1) << gs::testing::to_string(op);
+  }
+  EXPECT_GE(FakeRuntime::total_calls(), all_ops().size());
+  FakeRuntime::reset(2);
+  EXPECT_EQ(FakeRuntime::total_calls(), 0u);
+}
+
+TEST_F(FakeRuntimeTest, DoubleAndForeignFreesAreCounted) {
+  void* p = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 100, &p).ok());
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
+  EXPECT_EQ(FakeRuntime::deallocate(MemoryKind::device, 0, p).code, gs::codes::invalid_value);
+  int local = 0;
+  EXPECT_EQ(FakeRuntime::deallocate(MemoryKind::device, 0, &local).code, gs::codes::invalid_value);
+  EXPECT_EQ(FakeRuntime::invalid_frees(), 2u);
+}
+
+TEST_F(FakeRuntimeTest, FreeingWithTheWrongKindIsInvalid) {
+  void* p = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 100, &p).ok());
+  EXPECT_EQ(FakeRuntime::deallocate(MemoryKind::pinned_host, 0, p).code, gs::codes::invalid_value);
+  EXPECT_EQ(FakeRuntime::invalid_frees(), 1u);
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
+}
+
+TEST_F(FakeRuntimeTest, ResetKeepsLiveAllocationsCounted) {
+  void* p = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 1, 3 * kMiB, &p).ok());
+  FakeRuntime::reset(2, 16 * kMiB);
+  EXPECT_EQ(FakeRuntime::bytes_in_use(1), 3 * kMiB);
+  EXPECT_EQ(FakeRuntime::live_allocations(), 1u);
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 1, p).ok());
+  EXPECT_EQ(FakeRuntime::bytes_in_use(1), 0u);
+}
+
+TEST_F(FakeRuntimeTest, InvalidDeviceIndices) {
+  void* p = nullptr;
+  EXPECT_EQ(FakeRuntime::allocate(MemoryKind::device, 2, 10, &p).code, gs::codes::invalid_device);
+  EXPECT_EQ(FakeRuntime::allocate(MemoryKind::device, -1, 10, &p).code, gs::codes::invalid_device);
+  EXPECT_EQ(FakeRuntime::set_device(5).code, gs::codes::invalid_device);
+  EXPECT_EQ(FakeRuntime::synchronize(-1).code, gs::codes::invalid_device);
+  std::size_t f = 0, t = 0;
+  EXPECT_EQ(FakeRuntime::memory_info(2, f, t).code, gs::codes::invalid_device);
+  gs::DeviceProperties props;
+  EXPECT_EQ(FakeRuntime::device_properties(9, props).code, gs::codes::invalid_device);
+}
+
+TEST_F(FakeRuntimeTest, CurrentDeviceIsPerThreadAndSettable) {
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  int d = -1;
+  ASSERT_TRUE(FakeRuntime::get_device(d).ok());
+  EXPECT_EQ(d, 1);
+  std::thread([] {
+    int other = -1;
+    (void)FakeRuntime::get_device(other);
+    EXPECT_EQ(other, 0);
+  }).join();
+}
+
+TEST_F(FakeRuntimeTest, SetMemoryInfoOverridesTheFigures) {
+  FakeRuntime::set_memory_info(1, 100, 1000);
+  std::size_t f = 0, t = 0;
+  ASSERT_TRUE(FakeRuntime::memory_info(1, f, t).ok());
+  EXPECT_EQ(f, 100u);
+  EXPECT_EQ(t, 1000u);
+  FakeRuntime::clear_memory_info(1);
+  ASSERT_TRUE(FakeRuntime::memory_info(1, f, t).ok());
+  EXPECT_EQ(t, 16 * kMiB);
+}
+
+// ---- per-call faults -----------------------------------------------------------------------------
+
+TEST_F(FakeRuntimeTest, FailCallHonoursSkipAndTimes) {
+  FakeRuntime::fail_call(FakeOp::synchronize, gs::codes::launch_failure, /*skip=*/2, /*times=*/2);
+  std::vector<int> seen;
+  for (int i = 0; i < 6; ++i) seen.push_back(FakeRuntime::synchronize(0).code);
+  EXPECT_EQ(seen, (std::vector<int>{0, 0, 719, 719, 0, 0}));
+  // Other operations are unaffected.
+  int d = 0;
+  EXPECT_TRUE(FakeRuntime::get_device(d).ok());
+}
+
+TEST_F(FakeRuntimeTest, FailCallForever) {
+  FakeRuntime::fail_call(FakeOp::event_query, gs::codes::not_ready, 0, -1);
+  gs::EventHandle e = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(e).ok());
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(FakeRuntime::event_query(e).code, gs::codes::not_ready);
+  FakeRuntime::clear_faults();
+  EXPECT_TRUE(FakeRuntime::event_query(e).ok());
+  EXPECT_TRUE(FakeRuntime::event_destroy(e).ok());
+}
+
+TEST_F(FakeRuntimeTest, FailNthAllocation) {
+  FakeRuntime::fail_nth_allocation(3);
+  std::vector<void*> got;
+  std::vector<int> codes;
+  for (int i = 0; i < 4; ++i) {
+    void* p = nullptr;
+    codes.push_back(FakeRuntime::allocate(MemoryKind::device, 0, 128, &p).code);
+    if (p) got.push_back(p);
+  }
+  EXPECT_EQ(codes, (std::vector<int>{0, 0, gs::codes::memory_allocation, 0}));
+  EXPECT_EQ(FakeRuntime::live_allocations(), 3u);
+  for (void* p : got) EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
+
+  FakeRuntime::fail_nth_allocation(1, gs::codes::illegal_address);
+  void* p = nullptr;
+  EXPECT_EQ(FakeRuntime::allocate(MemoryKind::device, 1, 128, &p).code, gs::codes::illegal_address);
+  EXPECT_TRUE(gs::device_is_poisoned(1)) << "a sticky code marks the device";
+}
+
+// ---- whole-runtime modes -------------------------------------------------------------------------
+
+TEST_F(FakeRuntimeTest, EveryModeIsReturnedByEveryOperation) {
+  const FakeMode modes[] = {FakeMode::forked_child, FakeMode::runtime_unloading,
+                            FakeMode::no_driver,    FakeMode::no_device,
+                            FakeMode::sticky,       FakeMode::context_destroyed};
+  for (FakeMode mode : modes) {
+    FakeRuntime::reset(2, 16 * kMiB);
+    FakeRuntime::set_mode(mode);
+    EXPECT_EQ(FakeRuntime::mode(), mode);
+    EXPECT_FALSE(FakeRuntime::gpu_available()) << static_cast<int>(mode);
+    for (FakeOp op : all_ops()) {
+      EXPECT_EQ(call_op(op).code, static_cast<int>(mode))
+          << "mode " << static_cast<int>(mode) << ", op " << gs::testing::to_string(op);
+    }
+    EXPECT_EQ(FakeRuntime::live_allocations(), 0u);
+  }
+  FakeRuntime::set_mode(FakeMode::normal);
+  EXPECT_TRUE(FakeRuntime::gpu_available());
+}
+
+TEST_F(FakeRuntimeTest, ModeCodesClassifyAsDocumented) {
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::forked_child)), gs::ErrorClass::no_gpu);
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::runtime_unloading)),
+            gs::ErrorClass::benign_at_shutdown);
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::no_driver)), gs::ErrorClass::no_gpu);
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::no_device)), gs::ErrorClass::no_gpu);
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::sticky)), gs::ErrorClass::sticky);
+  EXPECT_EQ(gs::classify(static_cast<int>(FakeMode::context_destroyed)),
+            gs::ErrorClass::benign_at_shutdown);
+}
+
+TEST_F(FakeRuntimeTest, ZeroDevicesIsNoDevice) {
+  FakeRuntime::reset(0);
+  EXPECT_FALSE(FakeRuntime::gpu_available());
+  int n = -1;
+  EXPECT_EQ(FakeRuntime::device_count(n).code, gs::codes::no_device);
+  EXPECT_EQ(n, 0);
+}
+
+TEST_F(FakeRuntimeTest, StickyModeRecordsThePoisonedDevice) {
+  FakeRuntime::set_mode(FakeMode::sticky);
+  EXPECT_FALSE(gs::device_is_poisoned(1));
+  EXPECT_EQ(FakeRuntime::synchronize(1).code, gs::codes::illegal_address);
+  EXPECT_TRUE(gs::device_is_poisoned(1));
+  EXPECT_THROW(gs::check_gpu_request(1, "test"), gs::DevicePoisoned);
+}
+
+TEST(FakeRuntimeDeath, TrapModeAbortsOnAnyCall) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        FakeRuntime::reset();
+        FakeRuntime::set_mode(FakeMode::trap);
+        (void)FakeRuntime::synchronize(0);
+      },
+      "FakeRuntime trap: synchronize called in trap mode");
+}
+
+TEST(FakeRuntimeDeath, TrapAfterTeardownAbortsACallFromAnAtexitHandler) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Registered before the first call, so it runs after the fake's teardown: the call must trap.
+  EXPECT_DEATH(
+      {
+        std::atexit([] {
+          int d = 0;
+          (void)FakeRuntime::get_device(d);
+        });
+        FakeRuntime::reset();
+        FakeRuntime::trap_after_teardown(true);
+        int n = 0;
+        (void)FakeRuntime::device_count(n);
+        std::exit(0);
+      },
+      "FakeRuntime trap: get_device called after the runtime's teardown");
+}
+
+TEST(FakeRuntimeTeardown, WithoutTrapCallsAfterTeardownFailWithUnloading) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::atexit([] {
+          int d = 0;
+          const bool ok = FakeRuntime::torn_down() &&
+                          FakeRuntime::get_device(d).code == gs::codes::cudart_unloading &&
+                          FakeRuntime::calls_after_teardown() == 1;
+          std::_Exit(ok ? 42 : 1);
+        });
+        FakeRuntime::reset();
+        int n = 0;
+        (void)FakeRuntime::device_count(n);
+        if (!FakeRuntime::started() || FakeRuntime::torn_down()) std::_Exit(2);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(42), "");
+}
+
+TEST_F(FakeRuntimeTest, ForkedChildGetsInitializationError) {
+  int n = 0;
+  ASSERT_TRUE(FakeRuntime::device_count(n).ok());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int m = 0;
+    const bool ok = FakeRuntime::device_count(m).code == gs::codes::initialization_error &&
+                    !FakeRuntime::gpu_available();
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(FakeRuntime::device_count(n).ok()) << "the parent is unaffected";
+}
+
+// ---- simulated streams and events ----------------------------------------------------------------
+
+TEST_F(FakeRuntimeTest, EventsFollowTheirStream) {
+  gs::StreamHandle s = FakeRuntime::create_stream();
+  gs::EventHandle e = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(e).ok());
+  FakeRuntime::enqueue_work(s);
+  ASSERT_TRUE(FakeRuntime::event_record(e, s).ok());
+  EXPECT_EQ(FakeRuntime::event_query(e).code, gs::codes::not_ready);
+  FakeRuntime::enqueue_work(s);  // later work does not delay the recorded point
+  FakeRuntime::complete_stream(s);
+  EXPECT_TRUE(FakeRuntime::event_query(e).ok());
+
+  FakeRuntime::enqueue_work(s);
+  ASSERT_TRUE(FakeRuntime::event_record(e, s).ok());  // re-recorded: pending again
+  EXPECT_EQ(FakeRuntime::event_query(e).code, gs::codes::not_ready);
+  FakeRuntime::complete_stream(s);
+  EXPECT_TRUE(FakeRuntime::event_query(e).ok());
+
+  // The null (default) stream has nothing pending.
+  ASSERT_TRUE(FakeRuntime::event_record(e, nullptr).ok());
+  EXPECT_TRUE(FakeRuntime::event_query(e).ok());
+  EXPECT_TRUE(FakeRuntime::event_destroy(e).ok());
+  FakeRuntime::destroy_stream(s);
+  EXPECT_EQ(FakeRuntime::event_query(nullptr).code, gs::codes::invalid_resource_handle);
+}
+
+// ---- bad input -----------------------------------------------------------------------------------
+
+TEST_F(FakeRuntimeTest, ResetWithANegativeCountIsATypedError) {
+  try {
+    FakeRuntime::reset(-1);
+    FAIL() << "expected InvalidArgument";
+  } catch (const gs::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("pass 0 or more"), std::string::npos) << e.what();
+  }
+  int n = 0;
+  ASSERT_TRUE(FakeRuntime::device_count(n).ok());
+  EXPECT_EQ(n, 2) << "a rejected reset changes nothing";
+}
+
+TEST_F(FakeRuntimeTest, FailNthAllocationZeroIsATypedError) {
+  try {
+    FakeRuntime::fail_nth_allocation(0);
+    FAIL() << "expected InvalidArgument";
+  } catch (const gs::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("pass 1 or more"), std::string::npos) << e.what();
+  }
+  void* p = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 8, &p).ok()) << "no fault was armed";
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
+}
