@@ -323,7 +323,8 @@ template <class T, std::enable_if_t<IsUniquePtr<T>::value, int> = 0>
 bool generic_release_ptr(T& x) noexcept {
   if (!x) return false;
   if (runtime_is_gone()) {
-    (void)x.release();  // leaked on purpose
+    auto leaked = x.release();  // leaked on purpose: its deleter could call the runtime
+    if constexpr (std::is_pointer_v<decltype(leaked)>) mark_deliberate_leak(leaked);
     return true;
   }
   try {

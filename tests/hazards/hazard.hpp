@@ -18,6 +18,8 @@
 // Inside a body, `Runtime` is the runtime type. Use GPUSAFE_HAZARD_CHECK(cond) for checks: a
 // failure prints the condition and ends the process at once with exit code 3, so the check also
 // works in static destructors, at-exit handlers, other threads and forked children.
+// DeviceBlock<Runtime> is a small RAII GPU allocation that follows the release rules, for
+// scenarios that need a resource; run_in_fork(fn) runs fn in a forked child.
 #ifndef GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
 #define GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
 
@@ -25,11 +27,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "gpusafe/lifecycle.hpp"
 #include "gpusafe/runtime.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
@@ -115,6 +122,82 @@ int run_in_fork(Fn&& fn) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
 }
+
+/// Counts of what DeviceBlocks did at release (per copy of this header: each shared library
+/// has its own).
+struct BlockCounters {
+  std::atomic<long> freed{0};    ///< released through the runtime
+  std::atomic<long> dropped{0};  ///< dropped without a call (exiting, forked, reset, poisoned)
+  std::atomic<long> failed{0};   ///< the runtime's deallocate failed (logged once per block)
+};
+inline BlockCounters& block_counters() {
+  static auto* c = new BlockCounters();
+  return *c;
+}
+
+/// A minimal RAII holder of one runtime allocation that follows the release rules of DESIGN
+/// section 3, for scenarios that need a GPU resource without the pool: device memory (host
+/// memory when Runtime has no GPU), gated runtime calls on both sides, epoch and poison checks,
+/// one log line at most per block.
+template <class Runtime>
+class DeviceBlock {
+ public:
+  explicit DeviceBlock(std::size_t bytes, int device = 0)
+      : device_(device), epoch_(gpusafe::device_epoch(device)), bytes_(bytes) {
+    const std::string what = "DeviceBlock(" + std::to_string(bytes) + " bytes)";
+    bool fell_back = false;
+    kind_ = gpusafe::resolve_memory_kind<Runtime>(gpusafe::MemoryKind::device,
+                                                  gpusafe::Fallback::host, &fell_back, what);
+    if (kind_ == gpusafe::MemoryKind::device) gpusafe::check_gpu_request(device, what);
+    gpusafe::detail::RuntimeCallGate gate;  // the exit handler waits for this call
+    if (!gate) gpusafe::check_gpu_request(device, what);
+    gpusafe::throw_on_failure(Runtime::allocate(kind_, device, bytes, &p_), what);
+  }
+  DeviceBlock(DeviceBlock&& o) noexcept
+      : device_(o.device_), epoch_(o.epoch_), bytes_(o.bytes_), kind_(o.kind_),
+        p_(std::exchange(o.p_, nullptr)) {}
+  DeviceBlock& operator=(DeviceBlock&&) = delete;
+  ~DeviceBlock() { reset(); }
+
+  /// Releases the allocation (safe_tensor_cleanup uses this). Never throws.
+  void reset() noexcept {
+    void* p = std::exchange(p_, nullptr);
+    if (!p) return;
+    auto& counters = block_counters();
+    gpusafe::detail::RuntimeCallGate gate;
+    const bool on_device = kind_ == gpusafe::MemoryKind::device;
+    if (!gate || (on_device && (gpusafe::device_epoch(device_) != epoch_ ||
+                                gpusafe::device_is_poisoned(device_)))) {
+      counters.dropped.fetch_add(1);
+      return;
+    }
+    const gpusafe::Status s = Runtime::deallocate(kind_, device_, p);
+    if (s.ok()) {
+      counters.freed.fetch_add(1);
+      return;
+    }
+    counters.failed.fetch_add(1);
+    gpusafe::log_lazy(gpusafe::LogLevel::warning, [&] {
+      return "DeviceBlock: deallocate of " + std::to_string(bytes_) + " bytes on device " +
+             std::to_string(device_) + " failed with " + s.describe() + "; dropped";
+    });
+  }
+
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  void* data() const noexcept { return p_; }
+  gpusafe::MemoryKind kind() const noexcept { return kind_; }
+
+ private:
+  int device_;
+  std::uint32_t epoch_;
+  std::size_t bytes_;
+  gpusafe::MemoryKind kind_ = gpusafe::MemoryKind::host;
+  void* p_ = nullptr;
+};
+
+/// Whether Runtime is the fake one (checks that only make sense there).
+template <class Runtime>
+constexpr bool kIsFake = std::is_same_v<Runtime, gpusafe::testing::FakeRuntime>;
 
 }  // namespace gpusafe_hazards
 

@@ -152,7 +152,7 @@ inline int enter(FakeOp op) noexcept {
     std::atexit(&teardown);
     // gpusafe's exit flag must flip before this teardown even when another runtime's first call
     // registered the exit handler earlier (atexit runs in reverse order; marking twice is harmless).
-    // REVERTED
+    std::atexit(&gpusafe::detail::exit_handler);
     gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
   }
   const std::uint64_t nth = st.calls[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);

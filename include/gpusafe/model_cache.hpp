@@ -1,0 +1,1022 @@
+// gpusafe/model_cache.hpp: ModelCache, an LRU cache of loaded models under a byte budget.
+//
+// Models are registered with a loader and a residency: `primary` models are loaded on first use
+// (or by preload()) and never evicted; `secondary` models are loaded on demand and evicted,
+// least recently used first, to stay within the byte budget and, optionally, to bring the
+// device's memory use back under a low watermark once it went over a high one. `get()` returns a
+// std::shared_ptr; a model evicted while a handle holds it stays alive until the last handle
+// drops. Concurrent gets of a missing key run the loader once; the other callers wait for it.
+//
+// Thread safety: every member function may be called from any thread. A hit takes one of 16
+// striped locks (picked per thread) and no shared write, so hits on several threads scale;
+// everything else takes all stripes. No loader, on_evict callback or model destructor ever runs
+// under a lock, so they may call back into the cache (or into reclaim_all()).
+//
+// Teardown: the cache makes no runtime calls of its own (only memory_info() when watermarks are
+// set, on the acquire side). Destroying the cache drops its references without callbacks;
+// handles alive at that point keep their models (and a small accounting block) alive. A model
+// whose destructor frees GPU memory must do it through gpusafe-aware types (a BufferLease, or a
+// release path that takes detail::RuntimeCallGate), because a cache in a static object is
+// destroyed after the runtime may have been torn down.
+#ifndef GPUSAFE_MODEL_CACHE_HPP
+#define GPUSAFE_MODEL_CACHE_HPP
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "gpusafe/config.hpp"
+#include "gpusafe/lifecycle.hpp"
+#include "gpusafe/log.hpp"
+#include "gpusafe/runtime.hpp"
+
+GPUSAFE_NAMESPACE_BEGIN
+
+/// What a loader returns: the model and the bytes it occupies (counted against the budget).
+template <class Model>
+struct Loaded {
+  std::shared_ptr<Model> model;
+  std::size_t bytes = 0;
+};
+
+/// How a registered model lives in the cache.
+enum class Residency {
+  primary,    ///< loaded on first use or by preload(); never evicted by budget or pressure
+  secondary,  ///< loaded on demand; evictable, least recently used first
+};
+
+/// Why a model left the cache (passed to on_evict and counted in the stats).
+enum class EvictReason : int {
+  budget = 0,     ///< room for another model within the byte budget
+  pressure = 1,   ///< device memory use went over the high watermark
+  requested = 2,  ///< an explicit evict(bytes)
+  clear = 3,      ///< clear()
+  removed = 4,    ///< remove(key)
+  shutdown = 5,   ///< gpusafe::shutdown() (a reclaim at shutdown level)
+  reclaim = 6,    ///< reclaim_all() / safe_cuda_empty_cache() below shutdown level
+};
+
+/// Number of EvictReason values.
+constexpr std::size_t kEvictReasonCount = 7;
+
+constexpr const char* to_string(EvictReason r) noexcept {
+  switch (r) {
+    case EvictReason::budget: return "budget";
+    case EvictReason::pressure: return "pressure";
+    case EvictReason::requested: return "requested";
+    case EvictReason::clear: return "clear";
+    case EvictReason::removed: return "removed";
+    case EvictReason::shutdown: return "shutdown";
+    case EvictReason::reclaim: return "reclaim";
+  }
+  return "?";
+}
+
+/// What to do with a secondary model that cannot be cached: bigger than the whole budget, or
+/// not fitting beside the primary, pinned and in-use models.
+enum class OversizePolicy {
+  throw_error,    ///< throw BudgetExceeded; nothing cached is evicted
+  load_uncached,  ///< return it to the caller(s) without caching it (counted as uncached_loads)
+};
+
+/// Construction options of a ModelCache.
+struct ModelCacheOptions {
+  /// A budget of this value means "no byte limit" (the default).
+  static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
+
+  /// Shown in messages, logs and as the reclaimable name.
+  std::string name = "model_cache";
+  /// Bytes of resident + in-use-after-eviction + being-loaded models. 0 is a real zero budget:
+  /// secondary models follow `oversize`, primary models that report bytes fail to load.
+  std::size_t byte_budget = kUnlimited;
+  /// Fractions of the device's memory in use (Runtime::memory_info). When use is above `high`,
+  /// secondary models are evicted until it is below `low`. Both 0 (the default) = off.
+  double high_watermark = 0.0;
+  double low_watermark = 0.0;
+  /// Most models one budget or pressure eviction may remove; 0 = no cap.
+  std::size_t max_evictions_per_call = 0;
+  /// Device whose memory info drives pressure eviction and whose reclaim requests apply.
+  int device = 0;
+  OversizePolicy oversize = OversizePolicy::throw_error;
+};
+
+/// A snapshot of a cache's counters.
+struct ModelCacheStats {
+  std::uint64_t hits = 0;            ///< get/try_get that found the model resident
+  std::uint64_t misses = 0;          ///< get that did not
+  std::uint64_t loads = 0;           ///< successful loader calls
+  std::uint64_t load_failures = 0;   ///< loader threw, returned null, or the model did not fit
+  std::uint64_t waits = 0;           ///< gets that waited for another thread's load
+  std::uint64_t uncached_loads = 0;  ///< loads handed out without caching (OversizePolicy)
+  std::array<std::uint64_t, kEvictReasonCount> evictions{};  ///< indexed by EvictReason
+  std::size_t bytes_resident = 0;    ///< cached models
+  std::size_t bytes_pinned = 0;      ///< of which primary or pinned (not evictable)
+  std::size_t bytes_reserved = 0;    ///< size hints of loads in progress
+  std::size_t bytes_retired = 0;     ///< removed from the cache but still held by handles
+  std::size_t byte_budget = 0;
+  std::size_t models_registered = 0;
+  std::size_t models_resident = 0;
+  std::chrono::nanoseconds load_time{0};  ///< total time spent in loaders
+
+  std::uint64_t evictions_for(EvictReason r) const noexcept {
+    return evictions[static_cast<std::size_t>(r)];
+  }
+  std::uint64_t evictions_total() const noexcept {
+    std::uint64_t n = 0;
+    for (auto v : evictions) n += v;
+    return n;
+  }
+  /// What counts against the budget.
+  std::size_t bytes_charged() const noexcept {
+    return bytes_resident + bytes_retired + bytes_reserved;
+  }
+};
+
+namespace detail {
+
+template <class T, class = void>
+struct model_cache_streamable : std::false_type {};
+template <class T>
+struct model_cache_streamable<
+    T, std::void_t<decltype(std::declval<std::ostream&>() << std::declval<const T&>())>>
+    : std::true_type {};
+
+template <class Key>
+std::string describe_cache_key(const Key& key) {
+  if constexpr (model_cache_streamable<Key>::value) {
+    std::ostringstream os;
+    os << key;
+    return "'" + os.str() + "'";
+  } else {
+    return "(key without operator<<)";
+  }
+}
+
+// Caches are registered here so that a forked child can rebuild their locks (rule 5).
+class ModelCacheLockOwner {
+ public:
+  virtual void reinit_locks_in_child() noexcept = 0;
+
+ protected:
+  ~ModelCacheLockOwner() = default;
+};
+
+struct ModelCacheForkList {
+  std::mutex mutex;
+  std::vector<ModelCacheLockOwner*> owners;
+};
+
+inline ModelCacheForkList& model_cache_fork_list() noexcept {
+  static NoDestructor<ModelCacheForkList> list;
+  return list.get();
+}
+
+inline void model_cache_reset_locks_in_child() noexcept {
+  auto& list = model_cache_fork_list();
+  new (&list.mutex) std::mutex();
+  for (auto* owner : list.owners) owner->reinit_locks_in_child();
+}
+
+inline void model_cache_track(ModelCacheLockOwner* owner) {
+  static const bool hooked =
+      (add_fork_child_hook(&model_cache_reset_locks_in_child), true);
+  (void)hooked;
+  auto& list = model_cache_fork_list();
+  std::lock_guard<std::mutex> lock(list.mutex);
+  list.owners.push_back(owner);
+}
+
+inline void model_cache_untrack(ModelCacheLockOwner* owner) noexcept {
+  auto& list = model_cache_fork_list();
+  std::lock_guard<std::mutex> lock(list.mutex);
+  for (auto& o : list.owners) {
+    if (o == owner) {
+      o = list.owners.back();
+      list.owners.pop_back();
+      return;
+    }
+  }
+}
+
+/// The stripe a thread uses for lookups; fixed per thread.
+inline unsigned model_cache_thread_slot() noexcept {
+  static std::atomic<unsigned> next{0};
+  thread_local const unsigned slot = next.fetch_add(1, std::memory_order_relaxed);
+  return slot;
+}
+
+/// Shared with every handle: bytes of models removed from the cache but still held.
+struct ModelCacheAccounting {
+  std::atomic<std::size_t> retired{0};
+};
+
+/// The shared core of a ModelCache (the Reclaimable that the registry and reclaimable() see).
+template <class Key, class Model, class Hash, class Runtime>
+class ModelCacheCore final : public Reclaimable,
+                             public ModelCacheLockOwner,
+                             public std::enable_shared_from_this<ModelCacheCore<Key, Model, Hash, Runtime>> {
+ public:
+  using Handle = std::shared_ptr<Model>;
+  using Loader = std::function<Loaded<Model>()>;
+  using EvictCallback = std::function<void(const Key&, std::size_t, EvictReason)>;
+
+  explicit ModelCacheCore(ModelCacheOptions options)
+      : options_(std::move(options)), acct_(std::make_shared<ModelCacheAccounting>()) {
+    validate(options_);
+    model_cache_track(this);
+  }
+
+  ~ModelCacheCore() override { model_cache_untrack(this); }
+
+  ModelCacheCore(const ModelCacheCore&) = delete;
+  ModelCacheCore& operator=(const ModelCacheCore&) = delete;
+
+  const ModelCacheOptions& options() const noexcept { return options_; }
+
+  void add(const Key& key, Loader loader, Residency residency, std::size_t size_hint) {
+    if (!loader)
+      throw InvalidArgument(prefix("add") + describe_cache_key(key) +
+                            ": the loader is empty; pass a callable returning Loaded<Model>");
+    auto entry = std::make_shared<Entry>(key, std::move(loader), residency, size_hint);
+    Exclusive lock(*this);
+    check_alive(lock, "add");
+    if (map_.count(key) != 0)
+      throw DuplicateKey(prefix("add") + describe_cache_key(key) +
+                         ": key already registered; remove(key) first or use another key");
+    map_.emplace(key, std::move(entry));
+  }
+
+  Handle get(const Key& key) {
+    if (Handle h = lookup(key, true)) return h;
+    return get_slow(key);
+  }
+
+  Handle try_get(const Key& key) { return lookup(key, false); }
+
+  bool prefetch(const Key& key) noexcept {
+    try {
+      get(key);
+      Exclusive lock(*this);
+      auto it = map_.find(key);
+      return it != map_.end() && it->second->cached != nullptr;
+    } catch (const std::exception& e) {
+      log_lazy(LogLevel::warning, [&] { return prefix("prefetch") + e.what(); });
+    } catch (...) {
+      log_lazy(LogLevel::warning,
+               [&] { return prefix("prefetch") + describe_cache_key(key) + ": unknown error"; });
+    }
+    return false;
+  }
+
+  void preload() {
+    std::vector<Key> keys;
+    {
+      Exclusive lock(*this);
+      for (const auto& kv : map_)
+        if (kv.second->residency == Residency::primary && !kv.second->cached)
+          keys.push_back(kv.first);
+    }
+    for (const auto& k : keys) get(k);
+  }
+
+  void pin(const Key& key) {
+    Exclusive lock(*this);
+    Entry& e = find_or_throw(key, "pin");
+    e.pinned = true;
+    if (e.in_lru) lru_remove(e);
+  }
+
+  void unpin(const Key& key) {
+    Exclusive lock(*this);
+    Entry& e = find_or_throw(key, "unpin");
+    e.pinned = false;
+    if (e.cached && e.residency == Residency::secondary && !e.in_lru) lru_push_front(e);
+  }
+
+  bool is_pinned(const Key& key) {
+    Exclusive lock(*this);
+    return find_or_throw(key, "is_pinned").pinned;
+  }
+
+  bool contains(const Key& key) {
+    Exclusive lock(*this);
+    return map_.count(key) != 0;
+  }
+
+  bool is_resident(const Key& key) {
+    Exclusive lock(*this);
+    auto it = map_.find(key);
+    return it != map_.end() && it->second->cached != nullptr;
+  }
+
+  std::size_t evict(std::size_t bytes) {
+    Graveyard g;
+    {
+      Exclusive lock(*this);
+      g.callback = callback_;
+      evict_lru(bytes, EvictReason::requested, 0, g);
+    }
+    return g.finish(prefix("evict"));
+  }
+
+  std::size_t check_pressure() {
+    Graveyard g;
+    evict_for_pressure(g);
+    return g.finish(prefix("pressure eviction"));
+  }
+
+  void remove(const Key& key) {
+    Graveyard g;
+    {
+      Exclusive lock(*this);
+      auto it = map_.find(key);
+      if (it == map_.end()) throw UnknownKey(unknown_key_message("remove", key));
+      g.evicted.reserve(1);
+      g.entries.reserve(1);
+      g.callback = callback_;
+      std::shared_ptr<Entry> entry = it->second;
+      if (entry->cached) retire(*entry, EvictReason::removed, g);
+      entry->removed = true;
+      g.entries.push_back(entry);
+      map_.erase(it);
+    }
+    g.finish(prefix("remove"));
+  }
+
+  std::size_t clear() {
+    Graveyard g;
+    {
+      Exclusive lock(*this);
+      g.callback = callback_;
+      g.evicted.reserve(resident_count_);
+      for (auto& kv : map_)
+        if (kv.second->cached) retire(*kv.second, EvictReason::clear, g);
+    }
+    return g.finish(prefix("clear"));
+  }
+
+  void on_evict(EvictCallback callback) {
+    auto cb = callback ? std::make_shared<const EvictCallback>(std::move(callback)) : nullptr;
+    std::shared_ptr<const EvictCallback> old;
+    {
+      Exclusive lock(*this);
+      old = std::move(callback_);
+      callback_ = std::move(cb);
+    }
+  }
+
+  ModelCacheStats stats() const {
+    ModelCacheStats s;
+    Exclusive lock(const_cast<ModelCacheCore&>(*this));
+    s = counters_;
+    for (const auto& stripe : stripes_) s.hits += stripe.hits;
+    s.bytes_resident = resident_;
+    s.bytes_pinned = resident_ - evictable_bytes_;
+    s.bytes_reserved = reserved_;
+    s.bytes_retired = acct_->retired.load(std::memory_order_acquire);
+    s.byte_budget = options_.byte_budget;
+    s.models_registered = map_.size();
+    s.models_resident = resident_count_;
+    return s;
+  }
+
+  // Reclaimable
+
+  std::size_t reclaim(const ReclaimRequest& request) noexcept override {
+    try {
+      if (request.device >= 0 && request.device != options_.device) return 0;
+      Graveyard g;
+      {
+        Exclusive lock(*this);
+        if (!alive_) return 0;
+        g.callback = callback_;
+        if (request.level == ReclaimLevel::shutdown) {
+          g.evicted.reserve(resident_count_);
+          for (auto& kv : map_) {
+            Entry& e = *kv.second;
+            if (e.cached && !e.pinned) retire(e, EvictReason::shutdown, g);
+          }
+        } else {
+          evict_lru(request.bytes_goal, EvictReason::reclaim, 0, g);
+        }
+      }
+      return g.finish(prefix("reclaim"));
+    } catch (...) {
+      log(LogLevel::error, "ModelCache reclaim: out of memory; nothing reclaimed");
+      return 0;
+    }
+  }
+
+  ReclaimCost reclaim_cost() const noexcept override { return ReclaimCost::evictable_models; }
+  const char* reclaimable_name() const noexcept override { return options_.name.c_str(); }
+
+  ResourceUsage usage() const noexcept override {
+    ResourceUsage u;
+    u.device = options_.device;
+    try {
+      Exclusive lock(const_cast<ModelCacheCore&>(*this));
+      u.bytes_in_use = resident_;
+      u.bytes_reserved = resident_ + acct_->retired.load(std::memory_order_acquire) + reserved_;
+      u.items = resident_count_;
+    } catch (...) {
+    }
+    return u;
+  }
+
+  /// Called by ~ModelCache: drops every reference (no callbacks); reclaim() returns 0 after.
+  void close() noexcept {
+    std::vector<std::shared_ptr<Entry>> entries;
+    std::vector<Handle> models;
+    std::shared_ptr<const EvictCallback> cb;
+    try {
+      Exclusive lock(*this);
+      alive_ = false;
+      entries.reserve(map_.size());
+      models.reserve(resident_count_);
+      for (auto& kv : map_) {
+        Entry& e = *kv.second;
+        if (e.cached) {
+          if (e.in_lru) lru_remove(e);
+          resident_ -= e.bytes;
+          charge_retired(e);
+          models.push_back(std::move(e.cached));
+          e.bytes = 0;
+          --resident_count_;
+        }
+        e.removed = true;
+        entries.push_back(kv.second);
+      }
+      map_.clear();
+      cb = std::move(callback_);
+    } catch (...) {
+      log(LogLevel::error, "ModelCache: out of memory while closing; models are leaked");
+    }
+  }
+
+  void reinit_locks_in_child() noexcept override {
+    for (auto& s : stripes_) new (&s.mutex) std::mutex();
+    new (&wait_mutex_) std::mutex();
+    new (&wait_cv_) std::condition_variable();
+  }
+
+ private:
+  struct LoadOp {
+    bool done = false;  // guarded by wait_mutex_
+    Handle result;
+    std::exception_ptr error;
+  };
+
+  struct Entry : std::enable_shared_from_this<Entry> {
+    Entry(const Key& k, Loader l, Residency r, std::size_t hint)
+        : key(k), loader(std::move(l)), residency(r), size_hint(hint) {}
+    const Key key;
+    const Loader loader;
+    const Residency residency;
+    const std::size_t size_hint;
+    Handle cached;  // non-null while resident
+    std::size_t bytes = 0;
+    bool pinned = false;
+    bool in_lru = false;
+    bool removed = false;
+    Entry* prev = nullptr;  // towards the most recently used
+    Entry* next = nullptr;  // towards the least recently used
+    std::shared_ptr<LoadOp> op;
+  };
+
+  // Deleter of the handles: the last handle destroys the model and un-charges its bytes.
+  struct Release {
+    std::shared_ptr<Model> original;
+    std::shared_ptr<ModelCacheAccounting> acct;
+    std::size_t retired_bytes = 0;  // set under the lock when the cache lets go while held
+    void operator()(Model*) noexcept {
+      original.reset();
+      if (retired_bytes != 0) acct->retired.fetch_sub(retired_bytes, std::memory_order_acq_rel);
+    }
+  };
+
+  static constexpr unsigned kStripes = 16;
+  static constexpr unsigned kTouchCapacity = 32;
+
+  struct alignas(64) Stripe {
+    std::mutex mutex;
+    std::uint64_t hits = 0;
+    unsigned touched = 0;
+    Entry* touches[kTouchCapacity] = {};
+  };
+
+  // Holds every stripe; applies the touches recorded by lookups first, in order.
+  class Exclusive {
+   public:
+    explicit Exclusive(ModelCacheCore& core) : core_(core) { lock(); }
+    ~Exclusive() {
+      if (held_) unlock();
+    }
+    Exclusive(const Exclusive&) = delete;
+    Exclusive& operator=(const Exclusive&) = delete;
+    void lock() {
+      for (auto& s : core_.stripes_) s.mutex.lock();
+      held_ = true;
+      core_.apply_touches();
+    }
+    void unlock() noexcept {
+      for (unsigned i = kStripes; i-- > 0;) core_.stripes_[i].mutex.unlock();
+      held_ = false;
+    }
+
+   private:
+    ModelCacheCore& core_;
+    bool held_ = false;
+  };
+
+  struct Evicted {
+    std::shared_ptr<Entry> entry;
+    Handle model;
+    std::size_t bytes;
+    EvictReason reason;
+  };
+
+  // What a locked section removed; released (and reported) after unlocking.
+  struct Graveyard {
+    std::vector<Evicted> evicted;
+    std::vector<std::shared_ptr<Entry>> entries;
+    std::shared_ptr<const EvictCallback> callback;
+
+    std::size_t finish(const std::string& where) noexcept {
+      std::size_t bytes = 0;
+      for (auto& v : evicted) {
+        bytes += v.bytes;
+        v.model.reset();
+        if (callback && *callback) {
+          try {
+            (*callback)(v.entry->key, v.bytes, v.reason);
+          } catch (const std::exception& e) {
+            log_lazy(LogLevel::error,
+                     [&] { return where + ": on_evict callback threw: " + e.what(); });
+          } catch (...) {
+            log(LogLevel::error, "ModelCache: on_evict callback threw a non-std exception");
+          }
+        }
+        v.entry.reset();
+      }
+      evicted.clear();
+      entries.clear();
+      callback.reset();
+      return bytes;
+    }
+    ~Graveyard() { finish("ModelCache"); }
+  };
+
+  static void validate(const ModelCacheOptions& o) {
+    const double hi = o.high_watermark, lo = o.low_watermark;
+    if (!(hi >= 0.0 && hi <= 1.0 && lo >= 0.0 && lo <= 1.0) || lo > hi)
+      throw InvalidArgument("ModelCache '" + o.name + "': watermarks high=" + std::to_string(hi) +
+                            " low=" + std::to_string(lo) +
+                            " are invalid; both must lie in [0, 1] with low <= high "
+                            "(both 0 turns pressure eviction off)");
+    if (o.device < 0)
+      throw InvalidArgument("ModelCache '" + o.name + "': device " + std::to_string(o.device) +
+                            " is negative; pass a device index");
+  }
+
+  std::string prefix(const char* op) const {
+    return "ModelCache '" + options_.name + "': " + op + " ";
+  }
+
+  std::string unknown_key_message(const char* op, const Key& key) const {
+    return prefix(op) + describe_cache_key(key) +
+           ": key is not registered; register it first with add(key, loader, "
+           "Residency::secondary or Residency::primary, size_hint)";
+  }
+
+  void check_alive(Exclusive&, const char* op) const {
+    if (!alive_) throw InvalidArgument(prefix(op) + ": the cache was destroyed");
+  }
+
+  Entry& find_or_throw(const Key& key, const char* op) {
+    auto it = map_.find(key);
+    if (it == map_.end()) throw UnknownKey(unknown_key_message(op, key));
+    return *it->second;
+  }
+
+  // Fast path: one stripe lock, no shared write. Returns null on a miss or unknown key.
+  Handle lookup(const Key& key, bool counted_miss_follows) {
+    Stripe& s = stripes_[model_cache_thread_slot() % kStripes];
+    bool overflow = false;
+    Handle h;
+    {
+      std::lock_guard<std::mutex> guard(s.mutex);
+      auto it = map_.find(key);
+      if (it == map_.end()) return nullptr;
+      Entry* e = it->second.get();
+      if (!e->cached) return nullptr;
+      ++s.hits;
+      if (e->in_lru) {
+        if (s.touched != 0 && s.touches[s.touched - 1] == e) {
+          // already the latest touch of this stripe
+        } else if (s.touched < kTouchCapacity) {
+          s.touches[s.touched++] = e;
+        } else {
+          overflow = true;
+        }
+      }
+      h = e->cached;
+    }
+    (void)counted_miss_follows;
+    if (GPUSAFE_UNLIKELY(overflow)) {
+      // The touch buffer is full: take everything (which applies it) and touch directly.
+      Exclusive lock(*this);
+      auto it = map_.find(key);
+      if (it != map_.end() && it->second->in_lru) lru_touch(*it->second);
+    }
+    return h;
+  }
+
+  void apply_touches() noexcept {
+    for (auto& s : stripes_) {
+      for (unsigned i = 0; i < s.touched; ++i) {
+        Entry* e = s.touches[i];
+        if (e->in_lru) lru_touch(*e);
+      }
+      s.touched = 0;
+    }
+  }
+
+  // LRU list: head = most recent.
+  void lru_push_front(Entry& e) noexcept {
+    e.prev = nullptr;
+    e.next = head_;
+    if (head_) head_->prev = &e;
+    head_ = &e;
+    if (!tail_) tail_ = &e;
+    e.in_lru = true;
+    evictable_bytes_ += e.bytes;
+  }
+  void lru_remove(Entry& e) noexcept {
+    if (e.prev) e.prev->next = e.next; else head_ = e.next;
+    if (e.next) e.next->prev = e.prev; else tail_ = e.prev;
+    e.prev = e.next = nullptr;
+    e.in_lru = false;
+    evictable_bytes_ -= e.bytes;
+  }
+  void lru_touch(Entry& e) noexcept {
+    if (head_ == &e) return;
+    lru_remove(e);
+    lru_push_front(e);
+  }
+
+  static bool in_use(const Entry& e) noexcept { return e.cached.use_count() > 1; }
+
+  std::size_t charged() const noexcept {
+    return resident_ + acct_->retired.load(std::memory_order_acquire) + reserved_;
+  }
+
+  bool fits(std::size_t need) const noexcept {
+    const std::size_t used = charged();
+    return used <= options_.byte_budget && need <= options_.byte_budget - used;
+  }
+
+  // Un-charges the cache's own reference; charges `retired` when handles still hold it.
+  void charge_retired(Entry& e) noexcept {
+    auto* d = std::get_deleter<Release>(e.cached);
+    if (d && in_use(e)) {
+      d->retired_bytes = e.bytes;
+      acct_->retired.fetch_add(e.bytes, std::memory_order_acq_rel);
+    }
+  }
+
+  // Moves a resident entry to the graveyard. `g.evicted` must have room (no throw here).
+  void retire(Entry& e, EvictReason reason, Graveyard& g) noexcept {
+    if (e.in_lru) lru_remove(e);
+    resident_ -= e.bytes;
+    --resident_count_;
+    charge_retired(e);
+    ++counters_.evictions[static_cast<std::size_t>(reason)];
+    g.evicted.push_back(Evicted{e.shared_from_this(), std::move(e.cached), e.bytes, reason});
+    e.cached.reset();
+    e.bytes = 0;
+  }
+
+  // Plans an LRU-first eviction of models no handle holds until `goal` bytes are freed, at most
+  // `cap` models (0 = no cap). Returns the victims in order and the bytes they free.
+  std::size_t plan(std::size_t goal, std::size_t cap, std::vector<Entry*>& victims) const {
+    std::size_t freed = 0;
+    for (Entry* e = tail_; e && freed < goal; e = e->prev) {
+      if (cap != 0 && victims.size() >= cap) break;
+      if (in_use(*e)) continue;
+      victims.push_back(e);
+      freed += e->bytes;
+    }
+    return freed;
+  }
+
+  std::size_t evict_lru(std::size_t goal, EvictReason reason, std::size_t cap, Graveyard& g) {
+    std::vector<Entry*> victims;
+    const std::size_t freed = plan(goal, cap, victims);
+    g.evicted.reserve(g.evicted.size() + victims.size());
+    for (Entry* e : victims) retire(*e, reason, g);
+    return freed;
+  }
+
+  // Makes `need` bytes fit by budget eviction, all or nothing. False: it cannot fit now.
+  bool make_room(std::size_t need, Graveyard& g) {
+    if (fits(need)) return true;
+    const std::size_t budget = options_.byte_budget;
+    if (need > budget) return false;
+    const std::size_t used = charged();
+    const std::size_t deficit = used - (budget - need);  // used + need - budget, no overflow
+    std::vector<Entry*> victims;
+    if (plan(deficit, options_.max_evictions_per_call, victims) < deficit) return false;
+    g.evicted.reserve(g.evicted.size() + victims.size());
+    for (Entry* e : victims) retire(*e, EvictReason::budget, g);
+    return true;
+  }
+
+  bool pressure_enabled() const noexcept { return options_.high_watermark > 0.0; }
+
+  // Bytes to free to bring the device under the low watermark; 0 when under the high one.
+  std::size_t pressure_excess() noexcept {
+    if (!pressure_enabled()) return 0;
+    std::size_t free_bytes = 0, total = 0;
+    Status s;
+    {
+      detail::RuntimeCallGate gate;
+      if (!gate) return 0;
+      s = Runtime::memory_info(options_.device, free_bytes, total);
+    }
+    if (!s.ok() || total == 0) {
+      pressure_log_.operator()(LogLevel::warning,
+                               "ModelCache '" + options_.name +
+                                   "': memory_info failed; pressure eviction skipped");
+      return 0;
+    }
+    const std::size_t used = total - (free_bytes < total ? free_bytes : total);
+    const double used_d = static_cast<double>(used);
+    if (used_d <= options_.high_watermark * static_cast<double>(total)) return 0;
+    const auto low_bytes =
+        static_cast<std::size_t>(std::floor(options_.low_watermark * static_cast<double>(total)));
+    return used >= low_bytes ? used - low_bytes + 1 : 0;
+  }
+
+  void evict_for_pressure(Graveyard& g) {
+    const std::size_t excess = pressure_excess();
+    if (excess == 0) return;
+    Exclusive lock(*this);
+    if (!g.callback) g.callback = callback_;
+    evict_lru(excess, EvictReason::pressure, options_.max_evictions_per_call, g);
+  }
+
+  Handle wrap(const std::shared_ptr<Model>& model) {
+    return Handle(model.get(), Release{model, acct_, 0});
+  }
+
+  void wait_for(const std::shared_ptr<LoadOp>& op) {
+    std::unique_lock<std::mutex> lk(wait_mutex_);
+    wait_cv_.wait(lk, [&] { return op->done; });
+  }
+
+  void wait_for_generation(std::uint64_t seen) {
+    std::unique_lock<std::mutex> lk(wait_mutex_);
+    wait_cv_.wait(lk, [&] { return generation_ != seen; });
+  }
+
+  void publish(const std::shared_ptr<LoadOp>& op) noexcept {
+    {
+      std::lock_guard<std::mutex> lk(wait_mutex_);
+      op->done = true;
+      ++generation_;
+    }
+    wait_cv_.notify_all();
+  }
+
+  std::uint64_t generation() noexcept {
+    std::lock_guard<std::mutex> lk(wait_mutex_);
+    return generation_;
+  }
+
+  [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when) const {
+    const bool primary = e.residency == Residency::primary;
+    std::string msg = prefix("get") + describe_cache_key(e.key) + ": " +
+                      (primary ? "primary" : "secondary") + " model of " +
+                      std::to_string(bytes) + " bytes (" + when + ") ";
+    if (bytes > options_.byte_budget) {
+      msg += "is larger than the whole budget of " + std::to_string(options_.byte_budget) +
+             " bytes";
+    } else {
+      msg += "does not fit the budget of " + std::to_string(options_.byte_budget) +
+             " bytes beside " + std::to_string(resident_ - evictable_bytes_) +
+             " bytes of primary/pinned models, " +
+             std::to_string(acct_->retired.load(std::memory_order_acquire)) +
+             " bytes held by handles after eviction, " + std::to_string(reserved_) +
+             " bytes reserved by loads in progress and in-use models";
+    }
+    msg += primary ? "; raise byte_budget or register the model as secondary"
+                   : "; raise byte_budget, unpin models, drop handles, or set "
+                     "OversizePolicy::load_uncached";
+    throw BudgetExceeded(msg);
+  }
+
+  Handle get_slow(const Key& key) {
+    bool counted = false;
+    for (;;) {
+      Graveyard g;
+      std::shared_ptr<Entry> entry;
+      std::shared_ptr<LoadOp> op;
+      std::size_t reserved = 0;
+      bool cache_it = true;
+      bool i_load = false;
+      {
+        Exclusive lock(*this);
+        auto it = map_.find(key);
+        if (it == map_.end()) throw UnknownKey(unknown_key_message("get", key));
+        entry = it->second;
+        Entry& e = *entry;
+        if (e.cached) {
+          if (!counted) ++stripes_[0].hits;
+          if (e.in_lru) lru_touch(e);
+          return e.cached;
+        }
+        if (!counted) {
+          ++counters_.misses;
+          counted = true;
+        }
+        if (e.op) {
+          ++counters_.waits;
+          op = e.op;
+        } else {
+          g.callback = callback_;
+          const std::size_t hint = e.size_hint;
+          const bool must_cache = e.residency == Residency::primary ||
+                                  options_.oversize == OversizePolicy::throw_error;
+          if (hint > options_.byte_budget || !make_room(hint, g)) {
+            if (hint <= options_.byte_budget && reserved_ > 0) {
+              // Loads in progress hold reservations; retry once one of them finishes.
+              const std::uint64_t gen = generation();
+              lock.unlock();
+              g.finish(prefix("get"));
+              wait_for_generation(gen);
+              continue;
+            }
+            if (must_cache) {
+              ++counters_.load_failures;
+              throw_budget(e, hint, "size hint");
+            }
+            cache_it = false;
+          }
+          op = std::make_shared<LoadOp>();
+          e.op = op;
+          if (cache_it) {
+            reserved = hint;
+            reserved_ += hint;
+          }
+          i_load = true;
+        }
+      }
+      g.finish(prefix("get"));
+      if (i_load) return run_load(entry, op, reserved, cache_it);
+      wait_for(op);
+      if (op->error) std::rethrow_exception(op->error);
+      if (op->result) return op->result;
+    }
+  }
+
+  Handle run_load(const std::shared_ptr<Entry>& entry, const std::shared_ptr<LoadOp>& op,
+                  std::size_t reserved, bool cache_it) noexcept(false) {
+    const Entry& e = *entry;
+    try {
+      Graveyard pg;
+      evict_for_pressure(pg);
+    } catch (...) {
+      // Pressure eviction is best effort; the load goes on.
+    }
+    Loaded<Model> loaded;
+    std::exception_ptr error;
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      loaded = e.loader();
+      if (!loaded.model)
+        throw LoadFailed(prefix("get") + describe_cache_key(e.key) +
+                         ": the loader returned a null model; return "
+                         "Loaded<Model>{std::make_shared<Model>(...), bytes} or throw");
+    } catch (const Error&) {
+      error = std::current_exception();
+    } catch (const std::exception& ex) {
+      error = nested_error(e, ex.what());
+    } catch (...) {
+      error = nested_error(e, "a non-std exception");
+    }
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+
+    Handle wrapped;
+    if (!error && cache_it) {
+      try {
+        wrapped = wrap(loaded.model);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    Graveyard g;
+    Handle result;
+    {
+      Exclusive lock(*this);
+      reserved_ -= reserved;
+      counters_.load_time += std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed);
+      entry->op.reset();
+      if (!error) {
+        try {
+          bool installed = false;
+          if (cache_it && !entry->removed && alive_) {
+            g.callback = callback_;
+            if (make_room(loaded.bytes, g)) {
+              Entry& m = *entry;
+              m.cached = wrapped;
+              m.bytes = loaded.bytes;
+              resident_ += loaded.bytes;
+              ++resident_count_;
+              if (m.residency == Residency::secondary && !m.pinned) lru_push_front(m);
+              result = std::move(wrapped);
+              installed = true;
+            } else if (e.residency == Residency::primary ||
+                       options_.oversize == OversizePolicy::throw_error) {
+              throw_budget(e, loaded.bytes, "as loaded");
+            }
+          }
+          if (!installed) {
+            ++counters_.uncached_loads;
+            result = loaded.model;
+          }
+          ++counters_.loads;
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      if (error) {
+        ++counters_.load_failures;
+        result.reset();
+      }
+      op->error = error;
+      op->result = result;
+    }
+    publish(op);
+    g.finish(prefix("get"));
+    wrapped.reset();
+    loaded.model.reset();
+    if (error) std::rethrow_exception(error);
+    return result;
+  }
+
+  std::exception_ptr nested_error(const Entry& e, const char* what) const noexcept {
+    try {
+      try {
+        throw;
+      } catch (...) {
+        std::throw_with_nested(LoadFailed(prefix("get") + describe_cache_key(e.key) +
+                                          ": the loader threw: " + what));
+      }
+    } catch (...) {
+      return std::current_exception();
+    }
+  }
+
+  ModelCacheOptions options_;
+  std::shared_ptr<ModelCacheAccounting> acct_;
+  Stripe stripes_[kStripes];
+  // Everything below is guarded by all stripes (Exclusive).
+  std::unordered_map<Key, std::shared_ptr<Entry>, Hash> map_;
+  Entry* head_ = nullptr;
+  Entry* tail_ = nullptr;
+  std::size_t resident_ = 0;
+  std::size_t resident_count_ = 0;
+  std::size_t evictable_bytes_ = 0;
+  std::size_t reserved_ = 0;
+  bool alive_ = true;
+  ModelCacheStats counters_;
+  std::shared_ptr<const EvictCallback> callback_;
+  LogOnce pressure_log_;
+  // Waiting for loads.
+  std::mutex wait_mutex_;
+  std::condition_variable wait_cv_;
+  std::uint64_t generation_ = 0;
+};
+
+}  // namespace detail
+
+GPUSAFE_NAMESPACE_END
+
+#endif  // GPUSAFE_MODEL_CACHE_HPP
