@@ -19,7 +19,6 @@
 
 #include <cstddef>
 #include <exception>
-#include <functional>
 #include <iterator>
 #include <memory>
 #include <new>
@@ -93,6 +92,27 @@ inline void log_release_failure(const char* who, const char* call, int device, S
 
 // ---- SafeCudaCleanup ------------------------------------------------------------------------
 
+namespace detail {
+
+// Deferred actions are type-erased here rather than in std::function: a std:: template
+// instantiated on a caller's lambda gets default visibility even under -fvisibility=hidden, so
+// two shared libraries with the same lambda would share one copy and run each other's code
+// (rule 10). These types live in gpusafe's namespace and follow the library's visibility.
+struct DeferredActionBase {
+  virtual ~DeferredActionBase() = default;
+  virtual void run() = 0;
+};
+
+template <class F>
+struct DeferredAction final : DeferredActionBase {
+  template <class G>
+  explicit DeferredAction(G&& g) : f(std::forward<G>(g)) {}
+  void run() override { f(); }
+  F f;
+};
+
+}  // namespace detail
+
 /// What a SafeCudaCleanup does at scope exit, after its deferred actions.
 struct SafeCudaCleanupOptions {
   /// Wait for the device's work to finish (skipped without a GPU or on a poisoned device).
@@ -124,12 +144,14 @@ class BasicSafeCudaCleanup {
 
   ~BasicSafeCudaCleanup() { run(); }
 
-  /// Adds an action to run at scope exit (last added runs first). Acquire side: storing the
-  /// action may throw std::bad_alloc, in which case it is not registered and nothing else
-  /// changes. `f` must be copyable (it is kept in a std::function).
+  /// Adds an action (any callable with no arguments, move-only ones included) to run at scope
+  /// exit; the last added runs first. Acquire side: storing the action may throw std::bad_alloc
+  /// (or what F's move throws), in which case it is not registered and nothing else changes.
   template <class F>
   BasicSafeCudaCleanup& defer(F&& f) {
-    actions_.emplace_back(std::forward<F>(f));
+    using Action = detail::DeferredAction<std::decay_t<F>>;
+    std::unique_ptr<detail::DeferredActionBase> action(new Action(std::forward<F>(f)));
+    actions_.push_back(std::move(action));  // on bad_alloc, `action` still owns it and frees it
     return *this;
   }
 
@@ -153,10 +175,10 @@ class BasicSafeCudaCleanup {
     std::string first_failure;
     while (!actions_.empty()) {
       // Moved out first so that an action may safely call defer() or dismiss() on this guard.
-      std::function<void()> action = std::move(actions_.back());
+      std::unique_ptr<detail::DeferredActionBase> action = std::move(actions_.back());
       actions_.pop_back();
       try {
-        if (action) action();
+        action->run();
       } catch (const std::exception& e) {
         if (failures++ == 0) first_failure = safe_what(e);
       } catch (...) {
@@ -199,7 +221,7 @@ class BasicSafeCudaCleanup {
 
   Options options_{};
   bool dismissed_ = false;
-  std::vector<std::function<void()>> actions_;
+  std::vector<std::unique_ptr<detail::DeferredActionBase>> actions_;
 };
 
 /// SafeCudaCleanup on the default runtime (CUDA when compiled in and usable, else the host).
@@ -445,8 +467,7 @@ class BasicDeviceGuard {
  public:
   explicit BasicDeviceGuard(int device) : device_(device) {
     const std::string what = "DeviceGuard(" + std::to_string(device) + ")";
-    if (device < 0)
-      throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
+    if (device < 0) throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
     if (!Runtime::gpu_available()) {
       if (device == 0) return;
       if (detail::runtime_is_gone()) check_gpu_request(device, what);
@@ -463,9 +484,8 @@ class BasicDeviceGuard {
     if (!s.ok()) {
       int count = 0;
       if (s.code == codes::invalid_device && Runtime::device_count(count).ok())
-        throw InvalidArgument(what + ": no such device; this machine has " +
-                                  std::to_string(count) + " GPU(s), valid indices are 0.." +
-                                  std::to_string(count - 1),
+        throw InvalidArgument(what + ": no such device; this machine has " + std::to_string(count) +
+                                  " GPU(s), valid indices are 0.." + std::to_string(count - 1),
                               s.code);
       throw_status(s, what + ": switching device");
     }

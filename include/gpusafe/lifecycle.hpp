@@ -116,7 +116,7 @@ class LeakReporter {
  public:
   virtual ~LeakReporter() = default;
   /// What is handed out right now. May throw std::bad_alloc.
-  virtual std::vector<LeakRecord> outstanding() const = 0;
+  virtual std::vector<LeakRecord> leak_records() const = 0;
 };
 
 namespace detail {

@@ -633,7 +633,7 @@ class BasicMemoryManager {
     LeakReport report;
     for (const auto& r : live_attached()) {
       if (const auto* reporter = dynamic_cast<const LeakReporter*>(r.get())) {
-        auto records = reporter->outstanding();
+        auto records = reporter->leak_records();
         report.records.insert(report.records.end(), std::make_move_iterator(records.begin()),
                               std::make_move_iterator(records.end()));
       } else if (r->reclaim_cost() == ReclaimCost::idle_memory) {
@@ -728,9 +728,12 @@ class BasicMemoryManager {
     counter.fetch_add(1, std::memory_order_relaxed);
     std::size_t released = 0;
     try {
+      // Housekeeping only: a light request asks for no bytes (forcing bytes out is the
+      // threshold release's job).
       ReclaimRequest request;
       request.level = ReclaimLevel::light;
-      request.device = options_.device;
+      request.bytes_goal = 0;
+      request.device = request_device();
       for (const auto& r : live_attached()) released += r->reclaim(request);
       bytes_released_.fetch_add(released, std::memory_order_relaxed);
       released += release_locked().bytes_freed;
@@ -742,6 +745,10 @@ class BasicMemoryManager {
     }
     return released;
   }
+
+  /// The device to put in reclaim requests: -1 (every resource) when the watched memory is the
+  /// host's, since pools that fell back to host memory serve no device.
+  int request_device() const noexcept { return Runtime::gpu_available() ? options_.device : -1; }
 
   /// Reads the watched device's memory: the Runtime's figures, or /proc/meminfo when there is
   /// no GPU. False when unknown (or when the runtime must not be called: exiting, forked).
@@ -804,7 +811,7 @@ class BasicMemoryManager {
       auto ask = [&](Reclaimable& r) {
         ReclaimRequest request;
         request.level = ReclaimLevel::trim;
-        request.device = options_.device;
+        request.device = request_device();
         request.bytes_goal = used - result.target_bytes;
         const std::size_t freed = r.reclaim(request);
         if (freed > 0) {

@@ -37,6 +37,7 @@
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -218,7 +219,9 @@ inline void model_cache_untrack(ModelCacheLockOwner* owner) noexcept {
 /// The stripe a thread uses for lookups; fixed per thread.
 inline unsigned model_cache_thread_slot() noexcept {
   static std::atomic<unsigned> next{0};
-  thread_local const unsigned slot = next.fetch_add(1, std::memory_order_relaxed);
+  // Constant-initialised, so reading it needs no TLS guard call; 0 = not assigned yet.
+  static thread_local unsigned slot = 0;
+  if (GPUSAFE_UNLIKELY(slot == 0)) slot = next.fetch_add(1, std::memory_order_relaxed) + 1;
   return slot;
 }
 
@@ -229,9 +232,7 @@ struct ModelCacheAccounting {
 
 /// The shared core of a ModelCache (the Reclaimable that the registry and reclaimable() see).
 template <class Key, class Model, class Hash, class Runtime>
-class ModelCacheCore final : public Reclaimable,
-                             public ModelCacheLockOwner,
-                             public std::enable_shared_from_this<ModelCacheCore<Key, Model, Hash, Runtime>> {
+class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
  public:
   using Handle = std::shared_ptr<Model>;
   using Loader = std::function<Loaded<Model>()>;
@@ -264,11 +265,11 @@ class ModelCacheCore final : public Reclaimable,
   }
 
   Handle get(const Key& key) {
-    if (Handle h = lookup(key, true)) return h;
+    if (Handle h = lookup(key)) return h;
     return get_slow(key);
   }
 
-  Handle try_get(const Key& key) { return lookup(key, false); }
+  Handle try_get(const Key& key) { return lookup(key); }
 
   bool prefetch(const Key& key) noexcept {
     try {
@@ -277,10 +278,9 @@ class ModelCacheCore final : public Reclaimable,
       auto it = map_.find(key);
       return it != map_.end() && it->second->cached != nullptr;
     } catch (const std::exception& e) {
-      log_lazy(LogLevel::warning, [&] { return prefix("prefetch") + e.what(); });
+      log_prefetch_failure(e.what());
     } catch (...) {
-      log_lazy(LogLevel::warning,
-               [&] { return prefix("prefetch") + describe_cache_key(key) + ": unknown error"; });
+      log_prefetch_failure("a non-std exception");
     }
     return false;
   }
@@ -478,6 +478,7 @@ class ModelCacheCore final : public Reclaimable,
 
  private:
   struct LoadOp {
+    std::thread::id owner = std::this_thread::get_id();
     bool done = false;  // guarded by wait_mutex_
     Handle result;
     std::exception_ptr error;
@@ -583,6 +584,12 @@ class ModelCacheCore final : public Reclaimable,
     ~Graveyard() { finish("ModelCache"); }
   };
 
+  // The first failure is a warning, later ones are debug messages.
+  void log_prefetch_failure(const char* what) noexcept {
+    const LogLevel level = prefetch_log_.first() ? LogLevel::warning : LogLevel::debug;
+    log_lazy(level, [&] { return std::string("prefetch failed: ") + what; });
+  }
+
   static void validate(const ModelCacheOptions& o) {
     const double hi = o.high_watermark, lo = o.low_watermark;
     if (!(hi >= 0.0 && hi <= 1.0 && lo >= 0.0 && lo <= 1.0) || lo > hi)
@@ -616,7 +623,7 @@ class ModelCacheCore final : public Reclaimable,
   }
 
   // Fast path: one stripe lock, no shared write. Returns null on a miss or unknown key.
-  Handle lookup(const Key& key, bool counted_miss_follows) {
+  Handle lookup(const Key& key) {
     Stripe& s = stripes_[model_cache_thread_slot() % kStripes];
     bool overflow = false;
     Handle h;
@@ -638,7 +645,6 @@ class ModelCacheCore final : public Reclaimable,
       }
       h = e->cached;
     }
-    (void)counted_miss_follows;
     if (GPUSAFE_UNLIKELY(overflow)) {
       // The touch buffer is full: take everything (which applies it) and touch directly.
       Exclusive lock(*this);
@@ -823,8 +829,8 @@ class ModelCacheCore final : public Reclaimable,
              " bytes beside " + std::to_string(resident_ - evictable_bytes_) +
              " bytes of primary/pinned models, " +
              std::to_string(acct_->retired.load(std::memory_order_acquire)) +
-             " bytes held by handles after eviction, " + std::to_string(reserved_) +
-             " bytes reserved by loads in progress and in-use models";
+             " bytes held by handles after eviction and " + std::to_string(reserved_) +
+             " bytes reserved by loads in progress (models in use are not evicted)";
     }
     msg += primary ? "; raise byte_budget or register the model as secondary"
                    : "; raise byte_budget, unpin models, drop handles, or set "
@@ -857,6 +863,9 @@ class ModelCacheCore final : public Reclaimable,
           counted = true;
         }
         if (e.op) {
+          if (e.op->owner == std::this_thread::get_id())
+            throw InvalidArgument(prefix("get") + describe_cache_key(key) +
+                                  ": called from its own loader; a loader must not get its key");
           ++counters_.waits;
           op = e.op;
         } else {
@@ -1009,6 +1018,7 @@ class ModelCacheCore final : public Reclaimable,
   ModelCacheStats counters_;
   std::shared_ptr<const EvictCallback> callback_;
   LogOnce pressure_log_;
+  LogOnce prefetch_log_;
   // Waiting for loads.
   std::mutex wait_mutex_;
   std::condition_variable wait_cv_;
@@ -1016,6 +1026,106 @@ class ModelCacheCore final : public Reclaimable,
 };
 
 }  // namespace detail
+
+/// An LRU cache of models under a byte budget (see the top of this header).
+///
+/// `Key` must be copyable, hashable with `Hash` and comparable with ==. `Model` is any type;
+/// handles are `std::shared_ptr<Model>`. `Runtime` is only asked for memory_info() (pressure
+/// eviction). The cache registers itself with gpusafe's reclaim registry: reclaim_all() evicts
+/// unpinned secondary models LRU-first, shutdown() evicts every unpinned model.
+template <class Key, class Model, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
+class ModelCache {
+  using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;
+
+ public:
+  using Handle = std::shared_ptr<Model>;
+  /// Called on a miss, outside every lock; may throw (the error reaches every waiting caller).
+  using Loader = std::function<Loaded<Model>()>;
+  /// (key, bytes, reason), called after a model left the cache, outside every lock.
+  using EvictCallback = std::function<void(const Key&, std::size_t, EvictReason)>;
+
+  /// Throws InvalidArgument for watermarks outside [0, 1] or out of order, or a negative device.
+  explicit ModelCache(ModelCacheOptions options = {})
+      : core_(std::make_shared<Core>(std::move(options))), registration_(*core_) {}
+
+  /// Drops the cache's references without on_evict callbacks; outstanding handles stay valid.
+  ~ModelCache() {
+    registration_.reset();
+    core_->close();
+  }
+
+  ModelCache(const ModelCache&) = delete;
+  ModelCache& operator=(const ModelCache&) = delete;
+
+  /// Registers `key`. `size_hint` (bytes, 0 = unknown) is reserved against the budget while the
+  /// loader runs; the loader's reported bytes replace it. Throws DuplicateKey, InvalidArgument
+  /// (empty loader).
+  void add(const Key& key, Loader loader, Residency residency = Residency::secondary,
+           std::size_t size_hint = 0) {
+    core_->add(key, std::move(loader), residency, size_hint);
+  }
+
+  /// The model for `key`, loading it on a miss (once, however many threads ask). Throws
+  /// UnknownKey, LoadFailed (loader threw a non-gpusafe exception, nested inside, or returned
+  /// null), the loader's own gpusafe::Error, or BudgetExceeded (see OversizePolicy). A failing
+  /// get leaves every cached model in place.
+  Handle get(const Key& key) { return core_->get(key); }
+
+  /// The model when it is resident, else null. Never loads; null for an unknown key too.
+  Handle try_get(const Key& key) { return core_->try_get(key); }
+
+  /// Loads `key` if needed, synchronously on this thread, without throwing: returns whether the
+  /// model is resident afterwards; a failure is logged (warning) and counted in the stats.
+  bool prefetch(const Key& key) noexcept { return core_->prefetch(key); }
+
+  /// Loads every primary model not yet resident. Throws the first failure (models loaded before
+  /// it stay).
+  void preload() { core_->preload(); }
+
+  /// Keeps `key` out of every eviction except clear() and remove(); applies when it loads later
+  /// too. Pins are flags, not counts. Throws UnknownKey.
+  void pin(const Key& key) { core_->pin(key); }
+  /// Makes a pinned secondary model evictable again (as the most recently used). Throws
+  /// UnknownKey.
+  void unpin(const Key& key) { core_->unpin(key); }
+  bool is_pinned(const Key& key) { return core_->is_pinned(key); }
+
+  /// Whether `key` is registered.
+  bool contains(const Key& key) { return core_->contains(key); }
+  /// Whether `key` is loaded and cached.
+  bool is_resident(const Key& key) { return core_->is_resident(key); }
+
+  /// Evicts unpinned secondary models that no handle holds, least recently used first, until
+  /// at least `bytes` were evicted or none is left. Returns the bytes evicted.
+  std::size_t evict(std::size_t bytes) { return core_->evict(bytes); }
+
+  /// Reads the device's memory use and, above the high watermark, evicts towards the low one.
+  /// Also done before every load. Returns the bytes evicted.
+  std::size_t check_pressure() { return core_->check_pressure(); }
+
+  /// Unregisters `key` (evicting it with reason `removed` when resident). A load of it in
+  /// progress completes for its callers without being cached. Throws UnknownKey.
+  void remove(const Key& key) { core_->remove(key); }
+
+  /// Evicts every resident model, primary and pinned ones included (reason `clear`); the
+  /// registrations and pins stay. Returns the bytes evicted.
+  std::size_t clear() { return core_->clear(); }
+
+  /// Sets (or, with an empty function, removes) the eviction callback. It runs outside every
+  /// lock and may call into the cache; an exception from it is logged and swallowed.
+  void on_evict(EvictCallback callback) { core_->on_evict(std::move(callback)); }
+
+  ModelCacheStats stats() const { return core_->stats(); }
+  const ModelCacheOptions& options() const noexcept { return core_->options(); }
+
+  /// A handle to the cache's core as a Reclaimable; valid after the cache dies (reclaim() then
+  /// returns 0).
+  std::shared_ptr<Reclaimable> reclaimable() const { return core_; }
+
+ private:
+  std::shared_ptr<Core> core_;
+  ReclaimRegistration registration_;
+};
 
 GPUSAFE_NAMESPACE_END
 

@@ -57,9 +57,9 @@ using ScenarioFn = int (*)();
 
 /// One registered variant of a scenario: "name/fake" or "name/default".
 struct Scenario {
-  std::string name;     ///< "base/variant"
-  std::string base;     ///< the name given to the macro
-  bool fake = false;    ///< Runtime = testing::FakeRuntime
+  std::string name;   ///< "base/variant"
+  std::string base;   ///< the name given to the macro
+  bool fake = false;  ///< Runtime = testing::FakeRuntime
   unsigned exits = kExitAll;
   ScenarioFn body = nullptr;
 };
@@ -154,7 +154,10 @@ class DeviceBlock {
     gpusafe::throw_on_failure(Runtime::allocate(kind_, device, bytes, &p_), what);
   }
   DeviceBlock(DeviceBlock&& o) noexcept
-      : device_(o.device_), epoch_(o.epoch_), bytes_(o.bytes_), kind_(o.kind_),
+      : device_(o.device_),
+        epoch_(o.epoch_),
+        bytes_(o.bytes_),
+        kind_(o.kind_),
         p_(std::exchange(o.p_, nullptr)) {}
   DeviceBlock& operator=(DeviceBlock&&) = delete;
   ~DeviceBlock() { reset(); }
@@ -164,6 +167,13 @@ class DeviceBlock {
     void* p = std::exchange(p_, nullptr);
     if (!p) return;
     auto& counters = block_counters();
+    if (kind_ == gpusafe::MemoryKind::host &&
+        !std::is_same_v<Runtime, gpusafe::testing::FakeRuntime>) {
+      // Host and CUDA runtimes serve host memory with malloc/free: safe even at exit.
+      (void)Runtime::deallocate(kind_, device_, p);
+      counters.freed.fetch_add(1);
+      return;
+    }
     gpusafe::detail::RuntimeCallGate gate;
     const bool on_device = kind_ == gpusafe::MemoryKind::device;
     if (!gate || (on_device && (gpusafe::device_epoch(device_) != epoch_ ||
@@ -204,25 +214,25 @@ constexpr bool kIsFake = std::is_same_v<Runtime, gpusafe::testing::FakeRuntime>;
 #define GPUSAFE_HAZARD_CHECK(cond) \
   ((cond) ? (void)0 : ::gpusafe_hazards::check_failed(#cond, __FILE__, __LINE__))
 
-#define GPUSAFE_HAZARD_DEFINE_(name, fake_fn, default_fn, exits)                             \
-  template <class Runtime>                                                                   \
-  int name();                                                                                \
-  static const ::gpusafe_hazards::Registrar gpusafe_hazard_registrar_##name(#name, fake_fn, \
+#define GPUSAFE_HAZARD_DEFINE_(name, fake_fn, default_fn, exits)                                \
+  template <class Runtime>                                                                      \
+  int name();                                                                                   \
+  static const ::gpusafe_hazards::Registrar gpusafe_hazard_registrar_##name(#name, fake_fn,     \
                                                                             default_fn, exits); \
-  template <class Runtime>                                                                   \
+  template <class Runtime>                                                                      \
   int name()
 
 /// Registers "name/fake" and "name/default", run with every exit style in `exits`.
-#define GPUSAFE_HAZARD_SCENARIO_EXITS(name, exits)                                   \
-  template <class Runtime>                                                           \
-  int name();                                                                        \
-  GPUSAFE_HAZARD_DEFINE_(name, &name<::gpusafe::testing::FakeRuntime>,               \
+#define GPUSAFE_HAZARD_SCENARIO_EXITS(name, exits)                     \
+  template <class Runtime>                                             \
+  int name();                                                          \
+  GPUSAFE_HAZARD_DEFINE_(name, &name<::gpusafe::testing::FakeRuntime>, \
                          &name<::gpusafe::DefaultRuntime>, (exits))
 
 /// Registers only "name/fake" (for bodies that inject faults), with the exit styles `exits`.
-#define GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY_EXITS(name, exits)                              \
-  template <class Runtime>                                                                \
-  int name();                                                                             \
+#define GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY_EXITS(name, exits) \
+  template <class Runtime>                                   \
+  int name();                                                \
   GPUSAFE_HAZARD_DEFINE_(name, &name<::gpusafe::testing::FakeRuntime>, nullptr, (exits))
 
 #define GPUSAFE_HAZARD_SCENARIO(name) \

@@ -1,8 +1,8 @@
 // gpusafe_hazards: runs every registered teardown-hazard scenario in a child process.
 //
-//   gpusafe_hazards                                  GoogleTest: one test per (scenario, exit style)
-//   gpusafe_hazards --list                           the scenario names
-//   gpusafe_hazards --scenario NAME/VARIANT --exit return|exit|quick_exit
+//   gpusafe_hazards                                  GoogleTest: one test per (scenario, exit
+//   style) gpusafe_hazards --list                           the scenario names gpusafe_hazards
+//   --scenario NAME/VARIANT --exit return|exit|quick_exit
 //                                                    runs one scenario in this process
 //
 // The watchdog of each child is GPUSAFE_HAZARD_TIMEOUT_S seconds (default 30).
@@ -161,15 +161,16 @@ class HazardTest : public ::testing::Test {
     EXPECT_FALSE(r.timed_out) << "killed by the watchdog after " << timeout_seconds()
                               << " s (set GPUSAFE_HAZARD_TIMEOUT_S)" << context;
     if (r.timed_out) return;
-    EXPECT_FALSE(WIFSIGNALED(r.status))
-        << "killed by signal " << WTERMSIG(r.status) << " (" << strsignal(WTERMSIG(r.status))
-        << ")" << context;
-    if (WIFEXITED(r.status))
+    EXPECT_FALSE(WIFSIGNALED(r.status)) << "killed by signal " << WTERMSIG(r.status) << " ("
+                                        << strsignal(WTERMSIG(r.status)) << ")" << context;
+    if (WIFEXITED(r.status)) {
       EXPECT_EQ(WEXITSTATUS(r.status), 0) << "non-zero exit code" << context;
-    for (const char* bad : {"terminate called", "FakeRuntime trap", "HAZARD CHECK FAILED",
-                            "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                            "WARNING: ThreadSanitizer"}) {
-      EXPECT_EQ(r.err.find(bad), std::string::npos) << "stderr contains \"" << bad << "\"" << context;
+    }
+    for (const char* bad :
+         {"terminate called", "FakeRuntime trap", "HAZARD CHECK FAILED", "ERROR: AddressSanitizer",
+          "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer"}) {
+      EXPECT_EQ(r.err.find(bad), std::string::npos)
+          << "stderr contains \"" << bad << "\"" << context;
     }
   }
 
@@ -182,7 +183,8 @@ void register_tests() {
   for (const auto& s : hz::scenarios()) {
     for (const auto& e : kExitStyles) {
       if ((s.exits & e.bit) == 0) continue;
-      const std::string test_name = (s.fake ? std::string("fake_") : std::string("default_")) + e.name;
+      const std::string test_name =
+          (s.fake ? std::string("fake_") : std::string("default_")) + e.name;
       const std::string scenario = s.name;
       const char* exit_name = e.name;
       ::testing::RegisterTest(s.base.c_str(), test_name.c_str(), nullptr, nullptr, __FILE__,

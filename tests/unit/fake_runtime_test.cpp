@@ -47,17 +47,20 @@ gs::Status call_op(FakeOp op) {
       if (s.ok()) (void)FakeRuntime::deallocate(MemoryKind::device, 0, p);
       return s;
     }
-    case FakeOp::deallocate: return FakeRuntime::deallocate(MemoryKind::device, 0, nullptr);
+    case FakeOp::deallocate:
+      return FakeRuntime::deallocate(MemoryKind::device, 0, nullptr);
     case FakeOp::memory_info: {
       std::size_t f = 0, t = 0;
       return FakeRuntime::memory_info(0, f, t);
     }
-    case FakeOp::synchronize: return FakeRuntime::synchronize(1);
+    case FakeOp::synchronize:
+      return FakeRuntime::synchronize(1);
     case FakeOp::get_device: {
       int d = 0;
       return FakeRuntime::get_device(d);
     }
-    case FakeOp::set_device: return FakeRuntime::set_device(0);
+    case FakeOp::set_device:
+      return FakeRuntime::set_device(0);
     case FakeOp::device_properties: {
       gs::DeviceProperties p;
       return FakeRuntime::device_properties(1, p);
@@ -68,10 +71,14 @@ gs::Status call_op(FakeOp op) {
       if (e) (void)FakeRuntime::event_destroy(e);
       return s;
     }
-    case FakeOp::event_destroy: return FakeRuntime::event_destroy(nullptr);
-    case FakeOp::event_record: return FakeRuntime::event_record(nullptr, nullptr);
-    case FakeOp::event_query: return FakeRuntime::event_query(nullptr);
-    case FakeOp::count_: break;
+    case FakeOp::event_destroy:
+      return FakeRuntime::event_destroy(nullptr);
+    case FakeOp::event_record:
+      return FakeRuntime::event_record(nullptr, nullptr);
+    case FakeOp::event_query:
+      return FakeRuntime::event_query(nullptr);
+    case FakeOp::count_:
+      break;
   }
   return {-1};
 }
@@ -198,7 +205,8 @@ TEST_F(FakeRuntimeTest, SetMemoryInfoOverridesTheFigures) {
   EXPECT_EQ(t, 16 * kMiB);
 }
 
-// ---- per-call faults -----------------------------------------------------------------------------
+// ---- per-call faults
+// -----------------------------------------------------------------------------
 
 TEST_F(FakeRuntimeTest, FailCallHonoursSkipAndTimes) {
   FakeRuntime::fail_call(FakeOp::synchronize, gs::codes::launch_failure, /*skip=*/2, /*times=*/2);
@@ -239,7 +247,8 @@ TEST_F(FakeRuntimeTest, FailNthAllocation) {
   EXPECT_TRUE(gs::device_is_poisoned(1)) << "a sticky code marks the device";
 }
 
-// ---- whole-runtime modes -------------------------------------------------------------------------
+// ---- whole-runtime modes
+// -------------------------------------------------------------------------
 
 TEST_F(FakeRuntimeTest, EveryModeIsReturnedByEveryOperation) {
   const FakeMode modes[] = {FakeMode::forked_child, FakeMode::runtime_unloading,
@@ -354,7 +363,8 @@ TEST_F(FakeRuntimeTest, ForkedChildGetsInitializationError) {
   EXPECT_TRUE(FakeRuntime::device_count(n).ok()) << "the parent is unaffected";
 }
 
-// ---- simulated streams and events ----------------------------------------------------------------
+// ---- simulated streams and events
+// ----------------------------------------------------------------
 
 TEST_F(FakeRuntimeTest, EventsFollowTheirStream) {
   gs::StreamHandle s = FakeRuntime::create_stream();
@@ -381,7 +391,8 @@ TEST_F(FakeRuntimeTest, EventsFollowTheirStream) {
   EXPECT_EQ(FakeRuntime::event_query(nullptr).code, gs::codes::invalid_resource_handle);
 }
 
-// ---- bad input -----------------------------------------------------------------------------------
+// ---- bad input
+// -----------------------------------------------------------------------------------
 
 TEST_F(FakeRuntimeTest, ResetWithANegativeCountIsATypedError) {
   try {

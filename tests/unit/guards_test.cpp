@@ -32,9 +32,8 @@ class LogCapture {
  public:
   explicit LogCapture(gs::LogLevel level = gs::LogLevel::debug) : old_level_(gs::log_level()) {
     gs::set_log_level(level);
-    old_sink_ = gs::set_log_sink([this](gs::LogLevel, std::string_view m) {
-      messages.emplace_back(m);
-    });
+    old_sink_ =
+        gs::set_log_sink([this](gs::LogLevel, std::string_view m) { messages.emplace_back(m); });
   }
   ~LogCapture() {
     gs::set_log_sink(old_sink_);
@@ -250,7 +249,10 @@ TEST_F(GuardsTest, DeviceGuardBadIndexThrowsInvalidArgumentNamingValidOnes) {
 }
 
 TEST_F(GuardsTest, DeviceGuardWithoutGpu) {
-  { gs::BasicDeviceGuard<gs::HostRuntime> guard(0); EXPECT_FALSE(guard.switched()); }
+  {
+    gs::BasicDeviceGuard<gs::HostRuntime> guard(0);
+    EXPECT_FALSE(guard.switched());
+  }
   EXPECT_THROW(gs::BasicDeviceGuard<gs::HostRuntime>(1), gs::InvalidArgument);
   FakeRuntime::set_mode(gs::testing::FakeMode::no_device);
   { FakeDeviceGuard guard(0); }

@@ -100,7 +100,8 @@ class Blocking : public gs::Reclaimable {
     if (::getpid() == owner) {
       entered = true;
       const auto deadline = std::chrono::steady_clock::now() + 5s;
-      while (!release && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+      while (!release && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(1ms);
       finished = true;
     }
     return 10;
@@ -120,7 +121,8 @@ void wait_for(const std::atomic<bool>& flag) {
 
 }  // namespace
 
-// ---- the exit flag and the runtime's teardown ----------------------------------------------------
+// ---- the exit flag and the runtime's teardown
+// ----------------------------------------------------
 
 // Each of these runs in a fresh child process (a re-executed copy of this test), so the fake
 // runtime really is used there for the first time.
@@ -408,7 +410,8 @@ TEST(BadInput, NotifyDeviceResetOutOfRange) {
   }
 }
 
-// ---- the registry --------------------------------------------------------------------------------
+// ---- the registry
+// --------------------------------------------------------------------------------
 
 TEST(Registry, RegisterAndUnregister) {
   const std::size_t base = gs::registered_reclaimable_count();
@@ -437,8 +440,8 @@ TEST(Registry, ReclaimAllGoesCheapestFirst) {
   Probe idle2("idle2", gs::ReclaimCost::idle_memory, 5, &order, &m);
   gs::ReclaimRegistration r1(fw), r2(idle1), r3(models), r4(ctl), r5(idle2);
   EXPECT_EQ(gs::reclaim_all(), 20u);
-  EXPECT_EQ(order, (std::vector<std::string>{"controller", "idle1", "idle2", "models",
-                                             "framework"}));
+  EXPECT_EQ(order,
+            (std::vector<std::string>{"controller", "idle1", "idle2", "models", "framework"}));
 }
 
 TEST(Registry, BytesGoalStopsEarly) {
@@ -537,7 +540,8 @@ TEST(Registry, ConcurrentRegistrationAndReclaim) {
   EXPECT_EQ(gs::reclaim_all(), 0u);
 }
 
-// ---- NoDestructor --------------------------------------------------------------------------------
+// ---- NoDestructor
+// --------------------------------------------------------------------------------
 
 namespace {
 std::atomic<int> g_destroyed{0};

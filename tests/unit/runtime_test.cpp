@@ -366,7 +366,8 @@ std::string invalid_argument_message(Fn&& fn) {
 TEST(BadInput, DeviceIndexOnFakeRuntimeWithTwoDevices) {
   FakeRuntime::reset(2);
   for (int bad : {-1, 2, 99}) {
-    const std::string msg = invalid_argument_message([&] { gs::get_device_info<FakeRuntime>(bad); });
+    const std::string msg =
+        invalid_argument_message([&] { gs::get_device_info<FakeRuntime>(bad); });
     EXPECT_NE(msg.find("get_device_info(" + std::to_string(bad) + ")"), std::string::npos) << msg;
     EXPECT_NE(msg.find("valid indices are 0..1"), std::string::npos) << msg;
   }

@@ -1,0 +1,302 @@
+// Benchmarks of gpusafe::BufferPool against what a user would pick instead: malloc/free,
+// std::pmr::synchronized_pool_resource and a mutex-protected free list (host), and on a GPU
+// cudaMalloc/cudaFree, cudaMallocAsync/cudaFreeAsync, CUB's CachingDeviceAllocator and LibTorch's
+// caching allocator. Every host peer touches the first and the last byte of each buffer.
+//
+// Run: gpusafe_buffer_pool_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <memory_resource>
+#include <mutex>
+#include <vector>
+
+#include "gpusafe/buffer_pool.hpp"
+
+#if GPUSAFE_WITH_CUDA && defined(__has_include)
+#if __has_include(<cub/util_allocator.cuh>)
+#include <cub/util_allocator.cuh>
+#define GPUSAFE_BENCH_HAS_CUB 1
+#endif
+#if defined(GPUSAFE_BENCH_HAS_TORCH) && __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define GPUSAFE_BENCH_HAS_TORCH_CUDA 1
+#endif
+#endif
+
+namespace gs = gpusafe;
+
+namespace {
+
+constexpr std::size_t kFrameBytes = std::size_t{64} << 20;
+constexpr std::size_t kSmall = 4096;
+constexpr std::size_t kLarge = std::size_t{1} << 20;
+// Enough buffers that two threads never exhaust a class; the small class spans several bitmap
+// words, so the per-thread start hint spreads the threads.
+constexpr std::size_t kSmallCount = 256;
+constexpr std::size_t kLargeCount = 16;
+
+inline void touch(void* p, std::size_t bytes) {
+  auto* c = static_cast<volatile unsigned char*>(p);
+  c[0] = 1;
+  c[bytes - 1] = 1;
+}
+
+gs::BufferPoolOptions bench_options(gs::MemoryKind kind, const char* name) {
+  gs::BufferPoolOptions o;
+  o.kind = kind;
+  o.name = name;
+  o.classes = {{kSmall, kSmallCount}, {kLarge, kLargeCount}};
+  return o;
+}
+
+gs::BasicBufferPool<gs::HostRuntime>& host_pool() {
+  static gs::BasicBufferPool<gs::HostRuntime> pool(bench_options(gs::MemoryKind::host, "bench-host"));
+  return pool;
+}
+
+gs::BufferPool& default_pool() {
+  static gs::BufferPool pool(bench_options(gs::MemoryKind::device, "bench-default"));
+  return pool;
+}
+
+// ---- one buffer: acquire + touch + release ---------------------------------------------------
+
+void BM_Pool_Host(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  auto& pool = host_pool();
+  for (auto _ : state) {
+    gs::BufferLease lease = pool.acquire(bytes);
+    touch(lease.data(), bytes);
+    benchmark::DoNotOptimize(lease.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_Pool_DefaultRuntime(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  auto& pool = default_pool();
+  if (pool.kind() != gs::MemoryKind::host) {
+    state.SkipWithError("the default runtime has a GPU: device memory cannot be touched from the host");
+    return;
+  }
+  if (state.thread_index() == 0) state.SetLabel(pool.is_fallback() ? "host fallback" : "");
+  for (auto _ : state) {
+    gs::BufferLease lease = pool.acquire(bytes);
+    touch(lease.data(), bytes);
+    benchmark::DoNotOptimize(lease.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_Malloc(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::malloc(bytes);
+    touch(p, bytes);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+std::pmr::synchronized_pool_resource& pmr_pool() {
+  static std::pmr::synchronized_pool_resource pool(
+      std::pmr::pool_options{kSmallCount, kLarge});
+  return pool;
+}
+
+void BM_PmrSynchronizedPool(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  auto& pool = pmr_pool();
+  for (auto _ : state) {
+    void* p = pool.allocate(bytes, 256);
+    touch(p, bytes);
+    benchmark::DoNotOptimize(p);
+    pool.deallocate(p, bytes, 256);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+/// The classic hand-written pool: preallocated buffers on a vector behind one mutex.
+class MutexFreeList {
+ public:
+  MutexFreeList(std::size_t bytes, std::size_t count) : storage_(bytes * count) {
+    for (std::size_t i = 0; i < count; ++i) free_.push_back(storage_.data() + i * bytes);
+  }
+  void* acquire() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.empty()) return nullptr;
+    void* p = free_.back();
+    free_.pop_back();
+    return p;
+  }
+  void release(void* p) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(p);
+  }
+
+ private:
+  std::vector<unsigned char> storage_;
+  std::mutex mutex_;
+  std::vector<void*> free_;
+};
+
+void BM_MutexFreeList(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  static MutexFreeList small(kSmall, kSmallCount);
+  static MutexFreeList large(kLarge, kLargeCount);
+  MutexFreeList& list = bytes <= kSmall ? small : large;
+  for (auto _ : state) {
+    void* p = list.acquire();
+    touch(p, bytes);
+    benchmark::DoNotOptimize(p);
+    list.release(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// ---- frame loop: a 64 MiB buffer written entirely each frame ---------------------------------
+
+void BM_Frame64MiB_Pool(benchmark::State& state) {
+  gs::BufferPoolOptions o;
+  o.kind = gs::MemoryKind::host;
+  o.name = "bench-frames";
+  o.classes = {{kFrameBytes, 2}};
+  gs::BasicBufferPool<gs::HostRuntime> pool(o);
+  for (auto _ : state) {
+    gs::BufferLease frame = pool.acquire(kFrameBytes);
+    std::memset(frame.data(), 0x2a, kFrameBytes);
+    benchmark::DoNotOptimize(frame.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kFrameBytes));
+}
+
+void BM_Frame64MiB_Malloc(benchmark::State& state) {
+  for (auto _ : state) {
+    void* frame = std::malloc(kFrameBytes);
+    std::memset(frame, 0x2a, kFrameBytes);
+    benchmark::DoNotOptimize(frame);
+    benchmark::ClobberMemory();
+    std::free(frame);
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kFrameBytes));
+}
+
+// ---- GPU peers (device memory is not touched: kernels would dominate) ------------------------
+
+bool skip_without_gpu(benchmark::State& state) {
+  if (gs::is_cuda_available()) return false;
+  state.SkipWithError("no GPU");
+  return true;
+}
+
+void BM_Gpu_Pool(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  auto& pool = default_pool();
+  for (auto _ : state) {
+    gs::BufferLease lease = pool.acquire(bytes);
+    benchmark::DoNotOptimize(lease.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+#if GPUSAFE_WITH_CUDA
+void BM_Gpu_CudaMalloc(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      state.SkipWithError("cudaMalloc failed");
+      break;
+    }
+    benchmark::DoNotOptimize(p);
+    cudaFree(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_Gpu_CudaMallocAsync(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreate(&stream) != cudaSuccess) {
+    state.SkipWithError("cudaStreamCreate failed");
+    return;
+  }
+  for (auto _ : state) {
+    void* p = nullptr;
+    if (cudaMallocAsync(&p, bytes, stream) != cudaSuccess) {
+      state.SkipWithError("cudaMallocAsync failed (stream-ordered allocator unsupported?)");
+      break;
+    }
+    benchmark::DoNotOptimize(p);
+    cudaFreeAsync(p, stream);
+  }
+  cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  state.SetItemsProcessed(state.iterations());
+}
+#endif
+
+#if defined(GPUSAFE_BENCH_HAS_CUB)
+void BM_Gpu_CubCachingAllocator(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  static cub::CachingDeviceAllocator allocator;
+  for (auto _ : state) {
+    void* p = nullptr;
+    if (allocator.DeviceAllocate(&p, bytes) != cudaSuccess) {
+      state.SkipWithError("CachingDeviceAllocator::DeviceAllocate failed");
+      break;
+    }
+    benchmark::DoNotOptimize(p);
+    allocator.DeviceFree(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+#endif
+
+#if defined(GPUSAFE_BENCH_HAS_TORCH_CUDA)
+void BM_Gpu_TorchCachingAllocator(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
+    benchmark::DoNotOptimize(p);
+    c10::cuda::CUDACachingAllocator::raw_delete(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+#endif
+
+#define GPUSAFE_BENCH_ONE_BUFFER(fn) \
+  BENCHMARK(fn)->Arg(kSmall)->Arg(kLarge)->Threads(1)->Threads(2)->UseRealTime()
+
+GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_Host);
+GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_DefaultRuntime);
+GPUSAFE_BENCH_ONE_BUFFER(BM_Malloc);
+GPUSAFE_BENCH_ONE_BUFFER(BM_PmrSynchronizedPool);
+GPUSAFE_BENCH_ONE_BUFFER(BM_MutexFreeList);
+BENCHMARK(BM_Frame64MiB_Pool)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_Frame64MiB_Malloc)->Unit(benchmark::kMicrosecond)->UseRealTime();
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_Pool);
+#if GPUSAFE_WITH_CUDA
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_CudaMalloc);
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_CudaMallocAsync);
+#endif
+#if defined(GPUSAFE_BENCH_HAS_CUB)
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_CubCachingAllocator);
+#endif
+#if defined(GPUSAFE_BENCH_HAS_TORCH_CUDA)
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_TorchCachingAllocator);
+#endif
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,197 @@
+// ModelCache against the cache a user would write instead: one mutex, a std::list for the LRU
+// order and an unordered_map of shared_ptr. Hit path (16 resident models, random keys, the
+// handle copied out and dropped) on 1 and 2 threads, a miss with a trivial loader, and eviction
+// churn (16 keys, room for 8).
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "gpusafe/model_cache.hpp"
+
+namespace gs = gpusafe;
+
+namespace {
+
+struct Model {
+  explicit Model(int k) : key(k) {}
+  int key;
+  char payload[56] = {};
+};
+
+gs::Loaded<Model> trivial_load(int k) { return {std::make_shared<Model>(k), 1}; }
+
+/// The usual hand-written LRU: every get takes the one mutex and moves the entry to the front.
+class PlainLru {
+ public:
+  explicit PlainLru(std::size_t capacity) : capacity_(capacity) {}
+
+  std::shared_ptr<Model> get(int key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = map_.find(key);
+    if (it != map_.end()) {
+      order_.splice(order_.begin(), order_, it->second.second);
+      return it->second.first;
+    }
+    auto model = trivial_load(key).model;
+    order_.push_front(key);
+    map_.emplace(key, std::make_pair(model, order_.begin()));
+    if (map_.size() > capacity_) {
+      map_.erase(order_.back());
+      order_.pop_back();
+    }
+    return model;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    map_.clear();
+    order_.clear();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::size_t capacity_;
+  std::list<int> order_;
+  std::unordered_map<int, std::pair<std::shared_ptr<Model>, std::list<int>::iterator>> map_;
+};
+
+using Cache = gs::ModelCache<int, Model>;
+
+constexpr int kResident = 16;
+
+std::vector<int> random_keys(int thread, int range) {
+  std::mt19937 rng(42u + static_cast<unsigned>(thread));
+  std::vector<int> keys(4096);
+  for (auto& k : keys) k = static_cast<int>(rng() % static_cast<unsigned>(range));
+  return keys;
+}
+
+Cache& hit_cache() {
+  static Cache* cache = [] {
+    gs::ModelCacheOptions o;
+    o.name = "bench_hits";
+    auto* c = new Cache(o);
+    for (int k = 0; k < kResident; ++k) c->add(k, [k] { return trivial_load(k); });
+    for (int k = 0; k < kResident; ++k) c->get(k);
+    return c;
+  }();
+  return *cache;
+}
+
+PlainLru& hit_plain() {
+  static PlainLru* lru = [] {
+    auto* l = new PlainLru(kResident);
+    for (int k = 0; k < kResident; ++k) l->get(k);
+    return l;
+  }();
+  return *lru;
+}
+
+void BM_Hit_ModelCache(benchmark::State& state) {
+  Cache& cache = hit_cache();
+  const auto keys = random_keys(state.thread_index(), kResident);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto h = cache.get(keys[i++ & 4095]);
+    benchmark::DoNotOptimize(h.get());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Hit_ModelCache)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_Hit_PlainLru(benchmark::State& state) {
+  PlainLru& lru = hit_plain();
+  const auto keys = random_keys(state.thread_index(), kResident);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto h = lru.get(keys[i++ & 4095]);
+    benchmark::DoNotOptimize(h.get());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Hit_PlainLru)->Threads(1)->Threads(2)->UseRealTime();
+
+// Every get misses: 65536 registered keys taken in order, cleared when all were loaded.
+void BM_Miss_ModelCache(benchmark::State& state) {
+  constexpr int kKeys = 1 << 16;
+  gs::ModelCacheOptions o;
+  o.name = "bench_miss";
+  Cache cache(o);
+  for (int k = 0; k < kKeys; ++k) cache.add(k, [k] { return trivial_load(k); });
+  int k = 0;
+  for (auto _ : state) {
+    auto h = cache.get(k);
+    benchmark::DoNotOptimize(h.get());
+    if (++k == kKeys) {
+      state.PauseTiming();
+      h.reset();
+      cache.clear();
+      k = 0;
+      state.ResumeTiming();
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Miss_ModelCache);
+
+void BM_Miss_PlainLru(benchmark::State& state) {
+  constexpr int kKeys = 1 << 16;
+  PlainLru lru(kKeys);
+  int k = 0;
+  for (auto _ : state) {
+    auto h = lru.get(k);
+    benchmark::DoNotOptimize(h.get());
+    if (++k == kKeys) {
+      state.PauseTiming();
+      h.reset();
+      lru.clear();
+      k = 0;
+      state.ResumeTiming();
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Miss_PlainLru);
+
+// 16 keys, room for 8 (byte budget 8 with 1-byte models): about half the gets load and evict.
+void BM_Churn_ModelCache(benchmark::State& state) {
+  gs::ModelCacheOptions o;
+  o.name = "bench_churn";
+  o.byte_budget = 8;
+  Cache cache(o);
+  for (int k = 0; k < 16; ++k) cache.add(k, [k] { return trivial_load(k); });
+  const auto keys = random_keys(0, 16);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto h = cache.get(keys[i++ & 4095]);
+    benchmark::DoNotOptimize(h.get());
+  }
+  state.SetItemsProcessed(state.iterations());
+  const auto s = cache.stats();
+  state.counters["miss_ratio"] =
+      static_cast<double>(s.misses) / static_cast<double>(s.misses + s.hits);
+}
+BENCHMARK(BM_Churn_ModelCache);
+
+void BM_Churn_PlainLru(benchmark::State& state) {
+  PlainLru lru(8);
+  const auto keys = random_keys(0, 16);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto h = lru.get(keys[i++ & 4095]);
+    benchmark::DoNotOptimize(h.get());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Churn_PlainLru);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,746 @@
+// gpusafe/torch.hpp: LibTorch integration.
+//
+// - safe_tensor_cleanup() for at::Tensor (torch::Tensor), optionals and containers of tensors,
+//   torch::nn modules (holders such as torch::nn::Linear, and std::shared_ptr<Module>) and
+//   torch::jit::Module, through CleanupTraits specialisations.
+// - as_tensor(lease, sizes, dtype): a zero-copy tensor over a BufferLease; the buffer returns to
+//   its pool when the last tensor sharing the storage dies.
+// - module_bytes(module): bytes of parameters and buffers, for ModelCache budgets.
+// - torch_module_loader<M>(path) and torchscript_loader(path): ModelCache loaders for files
+//   written by torch::save and by TorchScript (torch::jit::Module::save).
+// - A Reclaimable for LibTorch's CUDA caching allocator, registered once per process, so that
+//   safe_cuda_empty_cache(), shutdown() and MemoryManager reach it (a no-op without CUDA).
+// - torch_cuda_agreement(): gpusafe's and LibTorch's views of CUDA side by side.
+//
+// Works with LibTorch 1.13 (CPU) and LibTorch 2.x (CPU or CUDA). CUDA-specific parts are compiled
+// only when GPUSAFE_TORCH_WITH_CUDA is 1, which is detected from LibTorch's CUDA headers unless the
+// build defines it.
+//
+// Thread safety: the free functions may be called from any thread; a tensor or module must not be
+// cleaned up while another thread uses the same object (as with any C++ object).
+// Teardown: cleanup is noexcept; once the process is exiting or is a forked child, a tensor whose
+// memory LibTorch's CPU allocator did not make (CUDA, pinned, external) and a module holding such a
+// tensor are leaked on purpose instead of destroyed. The allocator Reclaimable makes no CUDA call
+// when exiting, in a forked child or without a usable GPU; it lives in leaked storage.
+#ifndef GPUSAFE_TORCH_HPP
+#define GPUSAFE_TORCH_HPP
+
+#if !defined(GPUSAFE_WITH_TORCH)
+#define GPUSAFE_WITH_TORCH 1
+#elif !GPUSAFE_WITH_TORCH
+#error "gpusafe/torch.hpp needs GPUSAFE_WITH_TORCH=1 for the whole build: link gpusafe::torch (which defines it) or define it on the command line; including another gpusafe header first without it is not enough"
+#endif
+
+#if !defined(__has_include)
+#error "gpusafe/torch.hpp needs a compiler with __has_include"
+#elif !__has_include(<torch/nn/module.h>) || !__has_include(<ATen/ATen.h>)
+#error "gpusafe/torch.hpp needs the LibTorch headers: link gpusafe::torch (find_package(Torch)) or add LibTorch's include/ and include/torch/csrc/api/include to the include path"
+#endif
+
+#include "gpusafe/config.hpp"
+
+// LibTorch built with CUDA ships ATen/cuda/CUDAConfig.h; CPU-only packages (Debian) may still ship
+// the c10/cuda headers but not the c10_cuda library, so those alone prove nothing.
+#ifndef GPUSAFE_TORCH_WITH_CUDA
+#if GPUSAFE_WITH_CUDA && __has_include(<c10/cuda/CUDACachingAllocator.h>) && \
+    __has_include(<ATen/cuda/CUDAConfig.h>)
+#define GPUSAFE_TORCH_WITH_CUDA 1
+#else
+#define GPUSAFE_TORCH_WITH_CUDA 0
+#endif
+#endif
+
+#include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/cuda.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/serialization/import.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/serialize.h>
+
+#if GPUSAFE_TORCH_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "gpusafe/buffer_pool.hpp"
+#include "gpusafe/error.hpp"
+#include "gpusafe/guards.hpp"
+#include "gpusafe/lifecycle.hpp"
+#include "gpusafe/log.hpp"
+#include "gpusafe/model_cache.hpp"
+#include "gpusafe/runtime.hpp"
+
+GPUSAFE_NAMESPACE_BEGIN
+
+namespace detail {
+
+/// Whether destroying the last reference to `t` could call a GPU runtime: true unless its memory
+/// comes from LibTorch's CPU allocator (or it holds none). Never throws; unsure means true.
+inline bool tensor_needs_runtime(const at::Tensor& t) noexcept {
+  try {
+    if (!t.defined()) return false;
+    if (t.device().type() != c10::kCPU) return true;
+    if (t.is_sparse() || t.is_mkldnn()) return false;  // host-only layouts without a plain storage
+    if (!t.has_storage()) return false;
+    const c10::Storage& storage = t.storage();
+    if (storage.data() == nullptr) return false;
+    return storage.data_ptr().get_deleter() != c10::GetCPUAllocator()->raw_deleter();
+  } catch (...) {
+    return true;
+  }
+}
+
+template <class Tensors>
+bool any_tensor_needs_runtime(const Tensors& tensors) {
+  for (const auto& t : tensors)
+    if (tensor_needs_runtime(t)) return true;
+  return false;
+}
+
+/// Whether an nn::Module (recursively) holds a tensor that tensor_needs_runtime(). Unsure: true.
+inline bool module_needs_runtime(const torch::nn::Module& m) noexcept {
+  try {
+    return any_tensor_needs_runtime(m.parameters(true)) || any_tensor_needs_runtime(m.buffers(true));
+  } catch (...) {
+    return true;
+  }
+}
+
+inline bool module_needs_runtime(const torch::jit::Module& m) noexcept {
+  try {
+    for (const auto& t : m.parameters(true))
+      if (tensor_needs_runtime(t)) return true;
+    for (const auto& t : m.buffers(true))
+      if (tensor_needs_runtime(t)) return true;
+    return false;
+  } catch (...) {
+    return true;
+  }
+}
+
+/// Whether a jit::Module refers to an object (a default-constructed one does not).
+inline bool jit_module_holds(const torch::jit::Module& m) noexcept {
+  try {
+    return static_cast<bool>(m._ivalue());
+  } catch (...) {
+    return false;  // _ivalue() asserts on an empty module
+  }
+}
+
+inline bool release_tensor(at::Tensor& t) noexcept {
+  if (!t.defined()) return false;
+  if (runtime_is_gone() && tensor_needs_runtime(t)) {
+    // Keeps the reference count forever: no destructor, no deleter, no runtime call.
+    (void)t.unsafeReleaseTensorImpl();
+    return true;
+  }
+  try {
+    t.reset();
+  } catch (...) {
+    log_cleanup_failure_once<at::Tensor>("a tensor's deleter threw");
+    return false;
+  }
+  return true;
+}
+
+template <class M>
+bool release_module_ptr(std::shared_ptr<M>& p) noexcept {
+  if (!p) return false;
+  if (runtime_is_gone() && module_needs_runtime(*p)) return leak_for_teardown(p);
+  try {
+    p.reset();
+  } catch (...) {
+    log_cleanup_failure_once<M>("a module's destructor threw");
+    return false;
+  }
+  return true;
+}
+
+}  // namespace detail
+
+/// safe_tensor_cleanup(tensor): leaves the tensor undefined. Once the process is exiting or is a
+/// forked child, a tensor whose memory needs the GPU runtime to free is leaked instead.
+template <>
+struct CleanupTraits<at::Tensor> {
+  static bool release(at::Tensor& t) noexcept { return detail::release_tensor(t); }
+};
+
+/// safe_tensor_cleanup(shared_ptr<Module>) for torch::nn modules: leaks the reference at teardown
+/// only when the module holds CUDA (or other runtime-owned) tensors.
+template <class M>
+struct CleanupTraits<std::shared_ptr<M>, std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>>> {
+  static bool release(std::shared_ptr<M>& p) noexcept { return detail::release_module_ptr(p); }
+};
+
+/// safe_tensor_cleanup(holder) for torch::nn module holders (torch::nn::Linear, Sequential, ...
+/// and TORCH_MODULE types): leaves the holder empty (`holder.is_empty()`).
+template <class H>
+struct CleanupTraits<
+    H, std::enable_if_t<std::is_base_of_v<torch::nn::ModuleHolder<typename H::ContainedType>, H>>> {
+  static bool release(H& holder) noexcept {
+    if (holder.is_empty()) return false;
+    std::shared_ptr<typename H::ContainedType> p;
+    try {
+      p = holder.ptr();
+      holder = H(nullptr);
+    } catch (...) {
+      detail::log_cleanup_failure_once<H>("could not empty a module holder");
+      return false;
+    }
+    return detail::release_module_ptr(p);
+  }
+};
+
+/// safe_tensor_cleanup(jit_module) for TorchScript modules: leaves a default-constructed module.
+template <>
+struct CleanupTraits<torch::jit::Module> {
+  static bool release(torch::jit::Module& m) noexcept {
+    if (!detail::jit_module_holds(m)) return false;
+    if (detail::runtime_is_gone() && detail::module_needs_runtime(m)) {
+      if (new (std::nothrow) torch::jit::Module(std::move(m)) == nullptr) {  // leaked on purpose
+        detail::log_cleanup_failure_once<torch::jit::Module>("could not move a module aside at exit");
+        return false;
+      }
+      try {
+        m = torch::jit::Module();
+      } catch (...) {
+      }
+      return true;
+    }
+    try {
+      m = torch::jit::Module();
+    } catch (...) {
+      detail::log_cleanup_failure_once<torch::jit::Module>("a TorchScript module's destructor threw");
+      return false;
+    }
+    return true;
+  }
+};
+
+// ---- as_tensor ------------------------------------------------------------------------------
+
+namespace detail {
+
+inline std::string format_sizes(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(sizes[i]);
+  }
+  return s + "]";
+}
+
+inline std::string as_tensor_what(at::IntArrayRef sizes, const at::IntArrayRef* strides,
+                                  at::ScalarType dtype) {
+  std::string what = "as_tensor(sizes " + format_sizes(sizes);
+  if (strides) what += ", strides " + format_sizes(*strides);
+  return what + ", " + c10::toString(dtype) + ")";
+}
+
+/// Elements of storage the view (sizes, strides) spans; throws InvalidArgument on negative values
+/// or overflow.
+inline std::uint64_t span_elements(at::IntArrayRef sizes, const at::IntArrayRef* strides,
+                                   const std::string& what) {
+  constexpr std::uint64_t kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  if (strides && strides->size() != sizes.size())
+    throw InvalidArgument(what + ": " + std::to_string(strides->size()) + " strides for " +
+                          std::to_string(sizes.size()) + " dimensions; give one stride per size");
+  bool empty = false;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] < 0)
+      throw InvalidArgument(what + ": size " + std::to_string(sizes[i]) + " of dimension " +
+                            std::to_string(i) + " is negative; sizes must be >= 0");
+    if (strides && (*strides)[i] < 0)
+      throw InvalidArgument(what + ": stride " + std::to_string((*strides)[i]) + " of dimension " +
+                            std::to_string(i) + " is negative; strides must be >= 0");
+    if (sizes[i] == 0) empty = true;
+  }
+  if (empty) return 0;
+  std::uint64_t span = 1;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto n = static_cast<std::uint64_t>(sizes[i]);
+    if (strides) {
+      const auto step = static_cast<std::uint64_t>((*strides)[i]);
+      if (step != 0 && n - 1 > (kMax - span) / step)
+        throw InvalidArgument(what + ": the view spans more than 2^63 elements; check the sizes");
+      span += (n - 1) * step;
+    } else {
+      if (n > kMax / span)
+        throw InvalidArgument(what + ": the element count overflows; check the sizes");
+      span *= n;
+    }
+  }
+  return span;
+}
+
+/// The device a tensor over `lease` lives on.
+inline c10::Device device_for_lease(const BufferLease& lease, const std::string& what) {
+  if (lease.kind() != MemoryKind::device || lease.is_fallback()) return c10::Device(c10::kCPU);
+  const int device = lease.device();
+  check_gpu_request(device, what);
+  if (!torch::cuda::is_available())
+    throw InvalidArgument(what + ": the lease holds memory of GPU " + std::to_string(device) +
+                          ", but this LibTorch has no usable CUDA (a CPU-only build, or no "
+                          "device visible to it); lease host memory, or use LibTorch with CUDA");
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (device < 0 || device >= count)
+    throw InvalidArgument(what + ": the lease is on GPU " + std::to_string(device) +
+                          " but LibTorch sees " + std::to_string(count) +
+                          " GPU(s); check CUDA_VISIBLE_DEVICES");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+}
+
+/// Owns the lease for the tensor's storage. `armed` is set once the tensor exists: a deleter call
+/// before that (from_blob failing after wrapping the pointer) must leave the lease to the caller.
+struct LeaseBox {
+  explicit LeaseBox(BufferLease&& l) noexcept : lease(std::move(l)) {}
+  BufferLease lease;
+  bool armed = false;
+  StreamHandle stream = nullptr;  ///< LibTorch's stream when the tensor was made (CUDA)
+};
+
+inline void release_lease_box(void* context) noexcept {
+  auto* box = static_cast<LeaseBox*>(context);
+  if (!box->armed) return;
+#if GPUSAFE_TORCH_WITH_CUDA
+  // Like LibTorch's own allocator: the memory is reused only after the work queued on the stream
+  // it was made on has finished.
+  if (box->stream && box->lease && box->lease.kind() == MemoryKind::device) {
+    RuntimeCallGate gate;
+    if (gate) {
+      try {
+        box->lease.record_stream(box->stream);
+      } catch (...) {
+      }
+    }
+  }
+#endif
+  delete box;  // ~BufferLease is noexcept and knows what to do at exit or in a forked child
+}
+
+inline at::Tensor as_tensor_impl(BufferLease& lease, at::IntArrayRef sizes,
+                                 const at::IntArrayRef* strides, at::ScalarType dtype) {
+  const std::string what = as_tensor_what(sizes, strides, dtype);
+  if (!lease)
+    throw InvalidArgument(what + ": the lease is empty (moved from or released); acquire a buffer");
+  std::size_t item = 0;
+  try {
+    item = c10::elementSize(dtype);
+  } catch (...) {
+  }
+  if (item == 0)
+    throw InvalidArgument(what + ": dtype has no fixed element size; use a numeric dtype");
+  const std::uint64_t elements = span_elements(sizes, strides, what);
+  if (elements > std::numeric_limits<std::uint64_t>::max() / item)
+    throw InvalidArgument(what + ": the byte size overflows; check the sizes");
+  const std::uint64_t bytes = elements * item;
+  if (bytes > lease.size())
+    throw InvalidArgument(what + ": needs " + std::to_string(bytes) + " bytes but the lease holds " +
+                          std::to_string(lease.size()) + "; acquire at least " +
+                          std::to_string(bytes) + " bytes or use smaller sizes");
+  if (reinterpret_cast<std::uintptr_t>(lease.data()) % item != 0)
+    throw InvalidArgument(what + ": the buffer address is not aligned to the " +
+                          std::to_string(item) + "-byte element size; use a pool whose buffers " +
+                          "are aligned (the default) or a smaller dtype");
+  const c10::Device device = device_for_lease(lease, what);
+
+  std::vector<std::int64_t> contiguous;
+  if (!strides) {
+    contiguous.assign(sizes.size(), 1);
+    for (std::size_t i = sizes.size(); i > 1; --i)
+      contiguous[i - 2] = contiguous[i - 1] * std::max<std::int64_t>(sizes[i - 1], 1);
+  }
+  const at::IntArrayRef used_strides = strides ? *strides : at::IntArrayRef(contiguous);
+
+  auto box = std::make_unique<LeaseBox>(std::move(lease));
+  void* data = box->lease.data();
+  LeaseBox* raw = box.get();
+  at::Tensor tensor;
+  try {
+#if GPUSAFE_TORCH_WITH_CUDA
+    if (device.is_cuda())
+      raw->stream = static_cast<StreamHandle>(
+          c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device.index())).stream());
+#endif
+    tensor = torch::from_blob(
+        data, sizes, used_strides, [raw](void*) { release_lease_box(raw); },
+        at::TensorOptions().dtype(dtype).device(device));
+  } catch (const std::exception& e) {
+    lease = std::move(box->lease);  // strong guarantee: the caller keeps the buffer
+    throw InvalidArgument(what + ": LibTorch refused the buffer (" + e.what() + ")");
+  }
+  raw->armed = true;
+  (void)box.release();  // owned by the tensor's storage from now on
+  return tensor;
+}
+
+}  // namespace detail
+
+/// A tensor over the lease's memory, without a copy. The tensor's storage takes the lease: the
+/// buffer goes back to its pool when the last tensor sharing that storage dies (views, slices and
+/// reshapes share it; clone() and to() copies do not). Device memory gives a CUDA tensor on
+/// lease.device(); host, pinned and CPU-fallback memory give a CPU tensor. Contiguous layout.
+///
+/// Throws InvalidArgument (the lease is then left untouched) when the lease is empty, the sizes
+/// are negative or overflow, numel * element size exceeds lease.size(), the buffer is not aligned
+/// to the element size, or the memory is on a GPU this LibTorch cannot use; ForkedChild or
+/// ShuttingDown for device memory in a forked child or at exit.
+///
+///   gpusafe::BufferLease lease = pool.acquire(1000 * 64 * sizeof(float));
+///   at::Tensor emb = gpusafe::as_tensor(std::move(lease), {1000, 64}, at::kFloat);
+inline at::Tensor as_tensor(BufferLease&& lease, at::IntArrayRef sizes, at::ScalarType dtype) {
+  return detail::as_tensor_impl(lease, sizes, nullptr, dtype);
+}
+
+/// As above with explicit strides (in elements, >= 0); the check is on the span the view covers.
+inline at::Tensor as_tensor(BufferLease&& lease, at::IntArrayRef sizes, at::IntArrayRef strides,
+                            at::ScalarType dtype) {
+  return detail::as_tensor_impl(lease, sizes, &strides, dtype);
+}
+
+// ---- module_bytes ---------------------------------------------------------------------------
+
+namespace detail {
+
+template <class Tensors>
+void add_tensor_bytes(const Tensors& tensors, std::unordered_set<const void*>& seen,
+                      std::size_t& total) {
+  for (const auto& t : tensors) {
+    if (!t.defined()) continue;
+    if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;  // shared (tied) tensors once
+    total += static_cast<std::size_t>(t.numel()) * t.element_size();
+  }
+}
+
+}  // namespace detail
+
+/// Bytes of a module's parameters and buffers, recursively; a tensor shared between submodules
+/// counts once. For ModelCache budgets (Loaded<Model>::bytes).
+inline std::size_t module_bytes(const torch::nn::Module& module) {
+  std::unordered_set<const void*> seen;
+  std::size_t total = 0;
+  detail::add_tensor_bytes(module.parameters(true), seen, total);
+  detail::add_tensor_bytes(module.buffers(true), seen, total);
+  return total;
+}
+
+/// module_bytes of the module a holder (torch::nn::Linear, ...) refers to; 0 for an empty one.
+template <class M>
+std::size_t module_bytes(const torch::nn::ModuleHolder<M>& holder) {
+  return holder.is_empty() ? 0 : module_bytes(*holder.ptr());
+}
+
+/// module_bytes of a shared module; 0 for a null pointer.
+template <class M, class = std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>>>
+std::size_t module_bytes(const std::shared_ptr<M>& module) {
+  return module ? module_bytes(static_cast<const torch::nn::Module&>(*module)) : 0;
+}
+
+/// Bytes of a TorchScript module's parameters and buffers (attributes of its submodules
+/// included); 0 for an empty module.
+inline std::size_t module_bytes(const torch::jit::Module& module) {
+  if (!detail::jit_module_holds(module)) return 0;
+  std::unordered_set<const void*> seen;
+  std::size_t total = 0;
+  detail::add_tensor_bytes(module.parameters(true), seen, total);
+  detail::add_tensor_bytes(module.buffers(true), seen, total);
+  return total;
+}
+
+// ---- loaders --------------------------------------------------------------------------------
+
+namespace detail {
+
+template <class T, class = void>
+struct HolderContained {
+  using type = T;
+};
+template <class T>
+struct HolderContained<
+    T, std::enable_if_t<std::is_base_of_v<torch::nn::ModuleHolder<typename T::ContainedType>, T>>> {
+  using type = typename T::ContainedType;
+};
+
+/// Throws LoadFailed when `path` cannot be opened for reading.
+inline void check_readable(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw LoadFailed(what + ": file '" + path + "' does not exist or cannot be reached (" +
+                     std::strerror(errno) + "); check the path");
+  if (S_ISDIR(st.st_mode))
+    throw LoadFailed(what + ": '" + path + "' is a directory; give the model file");
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe)
+    throw LoadFailed(what + ": file '" + path + "' cannot be opened for reading; check permissions");
+}
+
+/// The first line of an exception's message (LibTorch appends long backtraces).
+inline std::string first_line(const char* message) {
+  std::string s = message ? message : "";
+  const auto eol = s.find('\n');
+  if (eol != std::string::npos) s.resize(eol);
+  return s;
+}
+
+template <class Module>
+std::shared_ptr<Module> to_shared(std::shared_ptr<Module> p) {
+  return p;
+}
+template <class M>
+std::shared_ptr<M> to_shared(const torch::nn::ModuleHolder<M>& h) {
+  return h.ptr();
+}
+
+}  // namespace detail
+
+/// The module type a loader for M produces: M's contained type for a holder (torch::nn::Linear ->
+/// torch::nn::LinearImpl), M itself for a Module subclass.
+template <class M>
+using LoadedModuleType = typename detail::HolderContained<M>::type;
+
+/// A ModelCache loader for a file written by torch::save(module, path). `make` builds an empty
+/// module of the same architecture (returning M, a holder, or a std::shared_ptr to the module);
+/// the file's parameters and buffers are loaded into it, it is moved to `device` and put in
+/// evaluation mode. The loader throws LoadFailed naming the file and the reason when the file is
+/// missing, unreadable, corrupt or of another architecture.
+///
+///   cache.add("encoder", gpusafe::torch_module_loader<torch::nn::Linear>(
+///       "/models/encoder.pt", [] { return torch::nn::Linear(512, 128); }));
+template <class M, class Factory, class = std::enable_if_t<std::is_invocable_v<Factory&>>>
+std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string path, Factory make,
+                                                                 c10::Device device = c10::kCPU) {
+  using Module = LoadedModuleType<M>;
+  static_assert(std::is_base_of_v<torch::nn::Module, Module>,
+                "torch_module_loader<M>: M must be a torch::nn::Module subclass or a holder");
+  return [path = std::move(path), make = std::move(make), device]() -> Loaded<Module> {
+    const std::string what = "torch_module_loader('" + path + "')";
+    detail::check_readable(path, what);
+    std::shared_ptr<Module> module;
+    try {
+      module = detail::to_shared(make());
+    } catch (const std::exception& e) {
+      throw LoadFailed(what + ": building the empty module failed: " + detail::first_line(e.what()));
+    }
+    if (!module) throw LoadFailed(what + ": the module factory returned an empty module");
+    try {
+      torch::serialize::InputArchive archive;
+      archive.load_from(path);
+      module->load(archive);
+    } catch (const std::exception& e) {
+      throw LoadFailed(what + ": the file is not a torch::save archive of this module (corrupt, "
+                              "truncated, or another architecture): " +
+                       detail::first_line(e.what()));
+    }
+    try {
+      module->to(device);
+      module->eval();
+    } catch (const std::exception& e) {
+      throw LoadFailed(what + ": moving the module to " + device.str() +
+                       " failed: " + detail::first_line(e.what()));
+    }
+    Loaded<Module> loaded;
+    loaded.bytes = module_bytes(*module);
+    loaded.model = std::move(module);
+    return loaded;
+  };
+}
+
+/// torch_module_loader for a default-constructible module type M.
+template <class M>
+std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string path,
+                                                                 c10::Device device = c10::kCPU) {
+  return torch_module_loader<M>(
+      std::move(path), [] { return std::make_shared<LoadedModuleType<M>>(); }, device);
+}
+
+/// A ModelCache loader for a TorchScript file (torch::jit::load), mapped onto `device` and put in
+/// evaluation mode. Throws LoadFailed naming the file and the reason when the file is missing,
+/// unreadable or not a TorchScript archive.
+inline std::function<Loaded<torch::jit::Module>()> torchscript_loader(
+    std::string path, c10::Device device = c10::kCPU) {
+  return [path = std::move(path), device]() -> Loaded<torch::jit::Module> {
+    const std::string what = "torchscript_loader('" + path + "')";
+    detail::check_readable(path, what);
+    std::shared_ptr<torch::jit::Module> module;
+    try {
+      module = std::make_shared<torch::jit::Module>(torch::jit::load(path, device));
+      module->eval();
+    } catch (const std::exception& e) {
+      throw LoadFailed(what + ": the file is not a loadable TorchScript archive (corrupt, "
+                              "truncated, or written by torch::save instead): " +
+                       detail::first_line(e.what()));
+    }
+    Loaded<torch::jit::Module> loaded;
+    loaded.bytes = module_bytes(*module);
+    loaded.model = std::move(module);
+    return loaded;
+  };
+}
+
+// ---- LibTorch's CUDA caching allocator ------------------------------------------------------
+
+/// Empties LibTorch's CUDA caching allocator on reclaim (ReclaimCost::framework_cache) and reports
+/// its allocated (in use) and reserved bytes summed over devices in usage(). Without CUDA in
+/// LibTorch or gpusafe it does nothing and reports zeros. Makes no CUDA call when the process is
+/// exiting, in a forked child or without a usable GPU. Never throws.
+class TorchCudaAllocatorReclaimable final : public Reclaimable {
+ public:
+  std::size_t reclaim(const ReclaimRequest& request) noexcept override {
+    if (request.level == ReclaimLevel::light) return 0;  // emptying the cache is not light work
+#if GPUSAFE_TORCH_WITH_CUDA
+    detail::RuntimeCallGate gate;
+    if (!gate || !is_cuda_available()) return 0;
+    try {
+      const std::size_t before = query().bytes_reserved;
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      const std::size_t after = query().bytes_reserved;
+      return before > after ? before - after : 0;
+    } catch (...) {
+      return 0;
+    }
+#else
+    return 0;
+#endif
+  }
+  ReclaimCost reclaim_cost() const noexcept override { return ReclaimCost::framework_cache; }
+  const char* reclaimable_name() const noexcept override {
+    return "libtorch_cuda_caching_allocator";
+  }
+  ResourceUsage usage() const noexcept override {
+#if GPUSAFE_TORCH_WITH_CUDA
+    detail::RuntimeCallGate gate;
+    if (!gate || !is_cuda_available()) return {};
+    try {
+      return query();
+    } catch (...) {
+      return {};
+    }
+#else
+    return {};
+#endif
+  }
+
+ private:
+#if GPUSAFE_TORCH_WITH_CUDA
+  static ResourceUsage query() {
+    ResourceUsage u;
+    const int count = cuda_device_count();
+    for (int d = 0; d < count; ++d) {
+      try {
+        // Index 0 of each StatArray is the aggregate over the small and large pools.
+        const auto stats =
+            c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(d));
+        u.bytes_in_use += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.allocated_bytes[0].current));
+        u.bytes_reserved += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.reserved_bytes[0].current));
+        u.items += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.segment[0].current));
+      } catch (...) {
+        // LibTorch has not initialised CUDA on this device: it holds nothing there.
+      }
+    }
+    u.device = count == 1 ? 0 : -1;
+    return u;
+  }
+#endif
+};
+
+namespace detail {
+
+inline TorchCudaAllocatorReclaimable& torch_allocator_instance() noexcept {
+  static NoDestructor<TorchCudaAllocatorReclaimable> instance;
+  return instance.get();
+}
+
+inline bool register_torch_allocator() noexcept {
+  try {
+    static NoDestructor<ReclaimRegistration> registration(torch_allocator_instance());
+    return registration.get().active();
+  } catch (...) {
+    log(LogLevel::warning,
+        "gpusafe/torch.hpp: could not register LibTorch's CUDA caching allocator; "
+        "safe_cuda_empty_cache() will not empty it");
+    return false;
+  }
+}
+
+/// Registered at static initialisation, once per binary (leaked, valid through teardown).
+inline const bool torch_allocator_registered = register_torch_allocator();
+
+}  // namespace detail
+
+/// The registered Reclaimable for LibTorch's CUDA caching allocator (for MemoryManager::attach or
+/// direct use). The handle never dangles: the object is never destroyed. Throws std::bad_alloc
+/// only on the first call, when memory is exhausted.
+inline std::shared_ptr<Reclaimable> torch_allocator_reclaimable() {
+  (void)detail::register_torch_allocator();
+  static NoDestructor<std::shared_ptr<Reclaimable>> handle(
+      &detail::torch_allocator_instance(), [](Reclaimable*) {});
+  return handle.get();
+}
+
+// ---- agreement with LibTorch ----------------------------------------------------------------
+
+/// gpusafe's and LibTorch's answers to "is CUDA usable, on how many devices".
+struct TorchCudaAgreement {
+  bool gpusafe_available = false;
+  bool torch_available = false;
+  int gpusafe_devices = 0;
+  int torch_devices = 0;
+  /// Whether the two can be compared: both were built with CUDA. Otherwise one side says "no
+  /// CUDA" by construction.
+  bool comparable = false;
+  /// comparable and both answers match (or not comparable and neither claims a GPU the other
+  /// could not see: gpusafe without CUDA reports none).
+  bool agree = false;
+  std::string describe() const {
+    std::ostringstream os;
+    os << "gpusafe: " << (gpusafe_available ? "available" : "unavailable") << ", "
+       << gpusafe_devices << " device(s); LibTorch: "
+       << (torch_available ? "available" : "unavailable") << ", " << torch_devices
+       << " device(s); " << (comparable ? "comparable" : "not comparable") << ", "
+       << (agree ? "agree" : "DISAGREE");
+    return os.str();
+  }
+};
+
+/// Compares is_cuda_available()/cuda_device_count() with torch::cuda::is_available()/
+/// device_count(). Acquire side (it may initialise CUDA in LibTorch); do not call it at exit or in
+/// a forked child.
+inline TorchCudaAgreement torch_cuda_agreement() {
+  TorchCudaAgreement a;
+  a.gpusafe_available = is_cuda_available();
+  a.gpusafe_devices = cuda_device_count();
+  a.torch_available = torch::cuda::is_available();
+  a.torch_devices = static_cast<int>(torch::cuda::device_count());
+  a.comparable = GPUSAFE_WITH_CUDA && GPUSAFE_TORCH_WITH_CUDA;
+  if (a.comparable) {
+    a.agree = a.gpusafe_available == a.torch_available && a.gpusafe_devices == a.torch_devices;
+  } else {
+    a.agree = !a.gpusafe_available || a.torch_available == a.gpusafe_available;
+  }
+  return a;
+}
+
+GPUSAFE_NAMESPACE_END
+
+#endif  // GPUSAFE_TORCH_HPP

@@ -1,0 +1,916 @@
+// Unit tests of gpusafe/model_cache.hpp.
+#include "gpusafe/model_cache.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "gpusafe/testing/fake_runtime.hpp"
+
+namespace gs = gpusafe;
+using gs::testing::FakeRuntime;
+
+namespace {
+
+struct Model {
+  explicit Model(int v, std::atomic<int>* live = nullptr) : value(v), live_count(live) {
+    if (live_count) ++*live_count;
+  }
+  ~Model() {
+    if (live_count) --*live_count;
+  }
+  int value;
+  std::atomic<int>* live_count;
+};
+
+using Cache = gs::ModelCache<std::string, Model, std::hash<std::string>, FakeRuntime>;
+using Event = std::tuple<std::string, std::size_t, gs::EvictReason>;
+
+gs::ModelCacheOptions budget(std::size_t bytes) {
+  gs::ModelCacheOptions o;
+  o.name = "unit";
+  o.byte_budget = bytes;
+  return o;
+}
+
+class ModelCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override { FakeRuntime::reset(1, std::size_t{1} << 30); }
+
+  // Registers `key` with a loader that counts its calls and reports `bytes`.
+  void add(Cache& c, const std::string& key, std::size_t bytes,
+           gs::Residency r = gs::Residency::secondary, std::size_t hint = 0) {
+    c.add(
+        key,
+        [this, key, bytes] {
+          ++loads[key];
+          return gs::Loaded<Model>{std::make_shared<Model>(static_cast<int>(bytes), &live), bytes};
+        },
+        r, hint);
+  }
+
+  void record(Cache& c) {
+    c.on_evict([this](const std::string& k, std::size_t b, gs::EvictReason r) {
+      std::lock_guard<std::mutex> lock(events_mutex);
+      events.emplace_back(k, b, r);
+    });
+  }
+
+  std::map<std::string, int> loads;
+  std::atomic<int> live{0};
+  std::mutex events_mutex;
+  std::vector<Event> events;
+};
+
+TEST_F(ModelCacheTest, GetLoadsOnceThenHits) {
+  Cache c(budget(1000));
+  add(c, "a", 10);
+  auto h1 = c.get("a");
+  auto h2 = c.get("a");
+  ASSERT_TRUE(h1);
+  EXPECT_EQ(h1.get(), h2.get());
+  EXPECT_EQ(h1->value, 10);
+  EXPECT_EQ(loads["a"], 1);
+  const auto s = c.stats();
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.loads, 1u);
+  EXPECT_EQ(s.bytes_resident, 10u);
+  EXPECT_EQ(s.models_resident, 1u);
+  EXPECT_EQ(s.models_registered, 1u);
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_TRUE(c.contains("a"));
+  EXPECT_FALSE(c.contains("b"));
+}
+
+TEST_F(ModelCacheTest, TryGetNeverLoads) {
+  Cache c;
+  add(c, "a", 10);
+  EXPECT_EQ(c.try_get("a"), nullptr);
+  EXPECT_EQ(c.try_get("nope"), nullptr);
+  EXPECT_EQ(loads["a"], 0);
+  c.get("a");
+  auto h = c.try_get("a");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->value, 10);
+  EXPECT_EQ(c.stats().hits, 1u);
+}
+
+TEST_F(ModelCacheTest, UnknownKeySaysHowToRegister) {
+  Cache c;
+  try {
+    c.get("missing");
+    FAIL() << "expected UnknownKey";
+  } catch (const gs::UnknownKey& e) {
+    EXPECT_NE(std::string(e.what()).find("'missing'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("add("), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(c.pin("missing"), gs::UnknownKey);
+  EXPECT_THROW(c.unpin("missing"), gs::UnknownKey);
+  EXPECT_THROW(c.remove("missing"), gs::UnknownKey);
+}
+
+TEST_F(ModelCacheTest, DuplicateKeyAndEmptyLoaderAreRejected) {
+  Cache c;
+  add(c, "a", 1);
+  c.get("a");
+  EXPECT_THROW(add(c, "a", 2), gs::DuplicateKey);
+  EXPECT_THROW(c.add("b", Cache::Loader{}), gs::InvalidArgument);
+  EXPECT_FALSE(c.contains("b"));
+  // The original registration and its model are intact.
+  EXPECT_EQ(c.get("a")->value, 1);
+  EXPECT_EQ(loads["a"], 1);
+}
+
+TEST_F(ModelCacheTest, LoaderStdExceptionBecomesNestedLoadFailed) {
+  Cache c(budget(100));
+  add(c, "kept", 50);
+  c.get("kept");
+  c.add("bad", []() -> gs::Loaded<Model> { throw std::runtime_error("disk on fire"); });
+  try {
+    c.get("bad");
+    FAIL() << "expected LoadFailed";
+  } catch (const gs::LoadFailed& e) {
+    EXPECT_NE(std::string(e.what()).find("'bad'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("disk on fire"), std::string::npos) << e.what();
+    try {
+      std::rethrow_if_nested(e);
+      FAIL() << "expected a nested exception";
+    } catch (const std::runtime_error& inner) {
+      EXPECT_STREQ(inner.what(), "disk on fire");
+    }
+  }
+  EXPECT_FALSE(c.is_resident("bad"));
+  EXPECT_TRUE(c.is_resident("kept"));
+  const auto s = c.stats();
+  EXPECT_EQ(s.load_failures, 1u);
+  EXPECT_EQ(s.bytes_resident, 50u);
+  EXPECT_EQ(s.bytes_reserved, 0u);
+}
+
+TEST_F(ModelCacheTest, LoaderGpusafeErrorIsRethrownAsIs) {
+  Cache c;
+  c.add("oom", []() -> gs::Loaded<Model> { throw gs::OutOfMemory("no room", 2); });
+  try {
+    c.get("oom");
+    FAIL() << "expected OutOfMemory";
+  } catch (const gs::OutOfMemory& e) {
+    EXPECT_STREQ(e.what(), "no room");
+    EXPECT_EQ(e.runtime_code(), 2);
+  }
+}
+
+TEST_F(ModelCacheTest, LoaderReturningNullIsLoadFailed) {
+  Cache c;
+  c.add("null", [] { return gs::Loaded<Model>{nullptr, 5}; });
+  EXPECT_THROW(c.get("null"), gs::LoadFailed);
+  EXPECT_FALSE(c.is_resident("null"));
+  EXPECT_EQ(c.stats().load_failures, 1u);
+  EXPECT_EQ(c.stats().bytes_resident, 0u);
+}
+
+TEST_F(ModelCacheTest, FailedLoadCanBeRetried) {
+  Cache c;
+  int calls = 0;
+  c.add("flaky", [&calls] {
+    if (++calls == 1) throw std::runtime_error("first time fails");
+    return gs::Loaded<Model>{std::make_shared<Model>(7), 1};
+  });
+  EXPECT_THROW(c.get("flaky"), gs::LoadFailed);
+  EXPECT_EQ(c.get("flaky")->value, 7);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST_F(ModelCacheTest, BudgetEvictsLeastRecentlyUsed) {
+  Cache c(budget(30));
+  record(c);
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  add(c, "d", 10);
+  c.get("a");
+  c.get("b");
+  c.get("c");
+  c.get("a");  // b is now the least recently used
+  c.get("d");
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_FALSE(c.is_resident("b"));
+  EXPECT_TRUE(c.is_resident("c"));
+  EXPECT_TRUE(c.is_resident("d"));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0], Event("b", 10, gs::EvictReason::budget));
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::budget), 1u);
+  EXPECT_EQ(c.stats().bytes_resident, 30u);
+  EXPECT_EQ(live.load(), 3);  // b's model was destroyed
+}
+
+TEST_F(ModelCacheTest, TryGetCountsAsUse) {
+  Cache c(budget(20));
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  c.get("a");
+  c.get("b");
+  ASSERT_TRUE(c.try_get("a"));
+  c.get("c");
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_FALSE(c.is_resident("b"));
+}
+
+TEST_F(ModelCacheTest, ManyHitsKeepExactLruOrder) {
+  // More hits than one thread's touch buffer holds, in a known order.
+  Cache c(budget(50));
+  for (int i = 0; i < 5; ++i) add(c, "m" + std::to_string(i), 10);
+  for (int i = 0; i < 5; ++i) c.get("m" + std::to_string(i));
+  for (int round = 0; round < 40; ++round)
+    for (int i : {3, 1, 4, 0, 2}) c.get("m" + std::to_string(i));
+  add(c, "x", 10);
+  add(c, "y", 10);
+  c.get("x");  // evicts m3, the least recently used
+  c.get("y");  // evicts m1
+  EXPECT_FALSE(c.is_resident("m3"));
+  EXPECT_FALSE(c.is_resident("m1"));
+  EXPECT_TRUE(c.is_resident("m4"));
+  EXPECT_TRUE(c.is_resident("m0"));
+  EXPECT_TRUE(c.is_resident("m2"));
+}
+
+TEST_F(ModelCacheTest, PrimaryModelsAreNeverEvictedByBudget) {
+  Cache c(budget(30));
+  add(c, "p", 20, gs::Residency::primary);
+  add(c, "s1", 10);
+  add(c, "s2", 10);
+  c.get("p");
+  c.get("s1");
+  c.get("s2");  // evicts s1, not p
+  EXPECT_TRUE(c.is_resident("p"));
+  EXPECT_FALSE(c.is_resident("s1"));
+  EXPECT_EQ(c.stats().bytes_pinned, 20u);
+  EXPECT_EQ(c.evict(1000), 10u);  // only s2 is evictable
+  EXPECT_TRUE(c.is_resident("p"));
+}
+
+TEST_F(ModelCacheTest, PreloadLoadsPrimaryModelsOnly) {
+  Cache c;
+  add(c, "p1", 1, gs::Residency::primary);
+  add(c, "p2", 1, gs::Residency::primary);
+  add(c, "s", 1);
+  c.preload();
+  EXPECT_TRUE(c.is_resident("p1"));
+  EXPECT_TRUE(c.is_resident("p2"));
+  EXPECT_FALSE(c.is_resident("s"));
+  c.preload();
+  EXPECT_EQ(loads["p1"], 1);
+}
+
+TEST_F(ModelCacheTest, PrimaryBiggerThanBudgetThrowsBudgetExceeded) {
+  Cache c(budget(100));
+  add(c, "big", 200, gs::Residency::primary);
+  try {
+    c.get("big");
+    FAIL() << "expected BudgetExceeded";
+  } catch (const gs::BudgetExceeded& e) {
+    EXPECT_NE(std::string(e.what()).find("primary"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("byte_budget"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(c.is_resident("big"));
+  EXPECT_EQ(live.load(), 0);
+}
+
+TEST_F(ModelCacheTest, ZeroBudgetPrimaryFailsAtLoadTime) {
+  gs::ModelCacheOptions o = budget(0);
+  o.oversize = gs::OversizePolicy::load_uncached;  // never applies to primary models
+  Cache c(o);
+  add(c, "p", 1, gs::Residency::primary);
+  EXPECT_THROW(c.preload(), gs::BudgetExceeded);
+  EXPECT_EQ(loads["p"], 1);
+  EXPECT_EQ(c.stats().load_failures, 1u);
+  // A secondary model is handed out uncached under this policy.
+  add(c, "s", 1);
+  auto h = c.get("s");
+  ASSERT_TRUE(h);
+  EXPECT_FALSE(c.is_resident("s"));
+  EXPECT_EQ(c.stats().uncached_loads, 1u);
+}
+
+TEST_F(ModelCacheTest, ZeroBudgetAcceptsModelsOfZeroBytes) {
+  Cache c(budget(0));
+  add(c, "empty", 0, gs::Residency::primary);
+  c.preload();
+  EXPECT_TRUE(c.is_resident("empty"));
+}
+
+TEST_F(ModelCacheTest, OversizeThrowKeepsCachedModels) {
+  Cache c(budget(100));
+  record(c);
+  add(c, "a", 40);
+  add(c, "b", 40);
+  add(c, "huge", 150);
+  add(c, "hinted", 1, gs::Residency::secondary, 500);
+  c.get("a");
+  c.get("b");
+  EXPECT_THROW(c.get("huge"), gs::BudgetExceeded);
+  EXPECT_THROW(c.get("hinted"), gs::BudgetExceeded);
+  EXPECT_EQ(loads["hinted"], 0);  // rejected by its size hint before loading
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_TRUE(c.is_resident("b"));
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(c.stats().bytes_resident, 80u);
+}
+
+TEST_F(ModelCacheTest, OversizeLoadUncachedServesWithoutCaching) {
+  gs::ModelCacheOptions o = budget(100);
+  o.oversize = gs::OversizePolicy::load_uncached;
+  Cache c(o);
+  add(c, "a", 40);
+  add(c, "huge", 150);
+  c.get("a");
+  auto h1 = c.get("huge");
+  auto h2 = c.get("huge");
+  ASSERT_TRUE(h1 && h2);
+  EXPECT_NE(h1.get(), h2.get());  // not cached: loaded every time
+  EXPECT_EQ(loads["huge"], 2);
+  EXPECT_FALSE(c.is_resident("huge"));
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_EQ(c.stats().uncached_loads, 2u);
+  EXPECT_EQ(c.stats().bytes_resident, 40u);
+}
+
+TEST_F(ModelCacheTest, SizeHintIsReservedWhileLoading) {
+  Cache c(budget(100));
+  add(c, "a", 50);
+  c.get("a");
+  gs::ModelCacheStats inside;
+  c.add(
+      "b",
+      [&] {
+        inside = c.stats();
+        return gs::Loaded<Model>{std::make_shared<Model>(1), 60};
+      },
+      gs::Residency::secondary, 60);
+  c.get("b");
+  // The hint made room (evicting a) before the loader ran.
+  EXPECT_EQ(inside.bytes_reserved, 60u);
+  EXPECT_EQ(inside.bytes_resident, 0u);
+  EXPECT_LE(inside.bytes_charged(), 100u);
+  const auto s = c.stats();
+  EXPECT_EQ(s.bytes_reserved, 0u);
+  EXPECT_EQ(s.bytes_resident, 60u);
+}
+
+TEST_F(ModelCacheTest, RealSizeAboveHintEvictsMoreAfterLoading) {
+  Cache c(budget(100));
+  add(c, "a", 30);
+  add(c, "b", 30);
+  add(c, "grows", 80, gs::Residency::secondary, 50);  // hint 50, really 80
+  c.get("a");
+  c.get("b");
+  c.get("grows");  // hint evicts a; the real size evicts b too
+  EXPECT_FALSE(c.is_resident("a"));
+  EXPECT_FALSE(c.is_resident("b"));
+  EXPECT_TRUE(c.is_resident("grows"));
+  EXPECT_EQ(c.stats().bytes_resident, 80u);
+}
+
+TEST_F(ModelCacheTest, HandleOutlivesEvictionAndItsBytesStayCharged) {
+  Cache c(budget(100));
+  add(c, "a", 60);
+  add(c, "b", 60);
+  auto held = c.get("a");
+  c.clear();
+  EXPECT_FALSE(c.is_resident("a"));
+  EXPECT_EQ(held->value, 60);  // still alive
+  EXPECT_EQ(live.load(), 1);
+  auto s = c.stats();
+  EXPECT_EQ(s.bytes_resident, 0u);
+  EXPECT_EQ(s.bytes_retired, 60u);
+  // b does not fit beside the held bytes of a.
+  EXPECT_THROW(c.get("b"), gs::BudgetExceeded);
+  held.reset();
+  EXPECT_EQ(live.load(), 0);
+  EXPECT_EQ(c.stats().bytes_retired, 0u);
+  EXPECT_EQ(c.get("b")->value, 60);
+}
+
+TEST_F(ModelCacheTest, BudgetEvictionSkipsModelsInUse) {
+  Cache c(budget(20));
+  record(c);
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  auto held = c.get("a");  // least recently used but held
+  c.get("b");
+  c.get("c");  // evicts b: evicting a would free nothing
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_FALSE(c.is_resident("b"));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(std::get<0>(events[0]), "b");
+}
+
+TEST_F(ModelCacheTest, PinKeepsModelsAndUnpinReleasesThem) {
+  Cache c(budget(20));
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  c.pin("a");  // before it is loaded
+  EXPECT_TRUE(c.is_pinned("a"));
+  EXPECT_FALSE(c.is_resident("a"));
+  c.get("a");
+  c.get("b");
+  c.get("c");  // a is pinned: b goes
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_FALSE(c.is_resident("b"));
+  EXPECT_EQ(c.stats().bytes_pinned, 10u);
+  EXPECT_EQ(c.evict(100), 10u);  // only c
+  EXPECT_TRUE(c.is_resident("a"));
+  c.unpin("a");
+  EXPECT_FALSE(c.is_pinned("a"));
+  EXPECT_EQ(c.evict(100), 10u);
+  EXPECT_FALSE(c.is_resident("a"));
+}
+
+TEST_F(ModelCacheTest, EvictFreesLruFirstUntilGoal) {
+  Cache c;
+  record(c);
+  for (const char* k : {"a", "b", "c", "d"}) add(c, k, 10);
+  for (const char* k : {"a", "b", "c", "d"}) c.get(k);
+  c.get("a");
+  EXPECT_EQ(c.evict(15), 20u);  // b then c
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0], Event("b", 10, gs::EvictReason::requested));
+  EXPECT_EQ(events[1], Event("c", 10, gs::EvictReason::requested));
+  EXPECT_EQ(c.evict(0), 0u);
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::requested), 2u);
+}
+
+TEST_F(ModelCacheTest, RemoveEvictsAndUnregisters) {
+  Cache c;
+  record(c);
+  add(c, "a", 10);
+  c.get("a");
+  c.remove("a");
+  EXPECT_FALSE(c.contains("a"));
+  EXPECT_THROW(c.get("a"), gs::UnknownKey);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0], Event("a", 10, gs::EvictReason::removed));
+  add(c, "a", 20);  // the key can be registered again
+  EXPECT_EQ(c.get("a")->value, 20);
+}
+
+TEST_F(ModelCacheTest, RemoveDuringLoadServesTheCallerUncached) {
+  Cache c;
+  std::mutex m;
+  std::condition_variable cv;
+  bool loading = false, go = false;
+  c.add("slow", [&] {
+    std::unique_lock<std::mutex> lk(m);
+    loading = true;
+    cv.notify_all();
+    cv.wait(lk, [&] { return go; });
+    return gs::Loaded<Model>{std::make_shared<Model>(3), 5};
+  });
+  Cache::Handle got;
+  std::thread t([&] { got = c.get("slow"); });
+  {
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return loading; });
+  }
+  c.remove("slow");
+  {
+    std::lock_guard<std::mutex> lk(m);
+    go = true;
+  }
+  cv.notify_all();
+  t.join();
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->value, 3);
+  EXPECT_FALSE(c.contains("slow"));
+  EXPECT_EQ(c.stats().bytes_resident, 0u);
+  EXPECT_EQ(c.stats().bytes_reserved, 0u);
+}
+
+TEST_F(ModelCacheTest, ClearEvictsEverythingButKeepsRegistrations) {
+  Cache c;
+  record(c);
+  add(c, "p", 10, gs::Residency::primary);
+  add(c, "s", 10);
+  add(c, "pinned", 10);
+  c.pin("pinned");
+  c.get("p");
+  c.get("s");
+  c.get("pinned");
+  EXPECT_EQ(c.clear(), 30u);
+  EXPECT_EQ(c.stats().models_resident, 0u);
+  EXPECT_EQ(events.size(), 3u);
+  for (const auto& e : events) EXPECT_EQ(std::get<2>(e), gs::EvictReason::clear);
+  EXPECT_TRUE(c.is_pinned("pinned"));
+  c.get("p");
+  EXPECT_EQ(loads["p"], 2);
+}
+
+TEST_F(ModelCacheTest, CallbackMayCallBackIntoTheCache) {
+  Cache c(budget(20));
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  std::vector<std::string> seen;
+  c.on_evict([&](const std::string& k, std::size_t, gs::EvictReason) {
+    // Every call below takes the cache's locks: this would deadlock if run under them.
+    seen.push_back(k);
+    EXPECT_FALSE(c.is_resident(k));
+    (void)c.stats();
+    (void)c.try_get("c");
+    if (k == "a") c.get("a");  // reload from inside the callback: evicts b
+  });
+  c.get("a");
+  c.get("b");
+  c.get("c");  // evicts a; the callback reloads a, which evicts b
+  EXPECT_EQ(seen, (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_TRUE(c.is_resident("c"));
+}
+
+TEST_F(ModelCacheTest, CallbackExceptionIsSwallowed) {
+  Cache c;
+  add(c, "a", 10);
+  c.get("a");
+  c.on_evict([](const std::string&, std::size_t, gs::EvictReason) {
+    throw std::runtime_error("callback failure");
+  });
+  const auto old = gs::set_log_sink([](gs::LogLevel, std::string_view) {});
+  EXPECT_EQ(c.evict(10), 10u);
+  gs::set_log_sink(old);
+  EXPECT_FALSE(c.is_resident("a"));
+}
+
+// A model whose destructor runs arbitrary code (here: calls back into its cache).
+struct Reentrant {
+  std::function<void()> on_destroy;
+  ~Reentrant() { on_destroy(); }
+};
+
+TEST_F(ModelCacheTest, ModelDestructorMayCallIntoTheCache) {
+  using ReentrantCache = gs::ModelCache<std::string, Reentrant, std::hash<std::string>, FakeRuntime>;
+  ReentrantCache c;
+  std::atomic<int> destroyed{0};
+  c.add("m", [&] {
+    auto m = std::make_shared<Reentrant>();
+    // Each call takes the cache's locks: this would deadlock if run under them.
+    m->on_destroy = [&] {
+      (void)c.stats();
+      (void)c.try_get("m");
+      (void)c.is_resident("m");
+      ++destroyed;
+    };
+    return gs::Loaded<Reentrant>{m, 1};
+  });
+  c.get("m");
+  c.evict(1);
+  EXPECT_EQ(destroyed.load(), 1);
+  c.get("m");
+  c.clear();
+  EXPECT_EQ(destroyed.load(), 2);
+  c.get("m");
+  c.remove("m");
+  EXPECT_EQ(destroyed.load(), 3);
+}
+
+TEST_F(ModelCacheTest, PressureEvictsBetweenWatermarks) {
+  gs::ModelCacheOptions o;
+  o.high_watermark = 0.8;
+  o.low_watermark = 0.5;
+  Cache c(o);
+  record(c);
+  for (const char* k : {"a", "b", "c", "d", "e", "f"}) add(c, k, 100);
+  for (const char* k : {"a", "b", "c", "d", "e", "f"}) c.get(k);
+  FakeRuntime::set_memory_info(0, 300, 1000);  // 70% used: under high
+  EXPECT_EQ(c.check_pressure(), 0u);
+  FakeRuntime::set_memory_info(0, 100, 1000);  // 90% used: free 401 bytes to get under 50%
+  EXPECT_EQ(c.check_pressure(), 500u);
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[0], Event("a", 100, gs::EvictReason::pressure));
+  EXPECT_EQ(events[4], Event("e", 100, gs::EvictReason::pressure));
+  EXPECT_TRUE(c.is_resident("f"));
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::pressure), 5u);
+}
+
+TEST_F(ModelCacheTest, PressureIsCheckedBeforeEveryLoad) {
+  gs::ModelCacheOptions o;
+  o.high_watermark = 0.9;
+  o.low_watermark = 0.85;
+  Cache c(o);
+  add(c, "a", 100);
+  add(c, "b", 100);
+  c.get("a");
+  FakeRuntime::set_memory_info(0, 50, 1000);  // 95% used: 101 bytes to free
+  c.get("b");
+  EXPECT_FALSE(c.is_resident("a"));
+  EXPECT_TRUE(c.is_resident("b"));
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::pressure), 1u);
+}
+
+TEST_F(ModelCacheTest, PressureOffByDefaultMakesNoRuntimeCalls) {
+  Cache c;
+  add(c, "a", 100);
+  FakeRuntime::set_memory_info(0, 0, 1000);
+  const auto before = FakeRuntime::calls(gs::testing::FakeOp::memory_info);
+  c.get("a");
+  EXPECT_EQ(c.check_pressure(), 0u);
+  EXPECT_EQ(FakeRuntime::calls(gs::testing::FakeOp::memory_info), before);
+  EXPECT_TRUE(c.is_resident("a"));
+}
+
+TEST_F(ModelCacheTest, PressureToleratesRuntimeFailure) {
+  gs::ModelCacheOptions o;
+  o.high_watermark = 0.5;
+  o.low_watermark = 0.1;
+  Cache c(o);
+  add(c, "a", 10);
+  c.get("a");
+  FakeRuntime::set_memory_info(0, 0, 1000);
+  FakeRuntime::fail_call(gs::testing::FakeOp::memory_info, gs::codes::unknown);
+  const auto old = gs::set_log_sink([](gs::LogLevel, std::string_view) {});
+  EXPECT_EQ(c.check_pressure(), 0u);
+  gs::set_log_sink(old);
+  EXPECT_TRUE(c.is_resident("a"));
+}
+
+TEST_F(ModelCacheTest, WatermarksAreValidated) {
+  auto make = [](double hi, double lo) {
+    gs::ModelCacheOptions o;
+    o.high_watermark = hi;
+    o.low_watermark = lo;
+    Cache c(o);
+  };
+  EXPECT_THROW(make(0.5, 0.8), gs::InvalidArgument);
+  EXPECT_THROW(make(1.5, 0.5), gs::InvalidArgument);
+  EXPECT_THROW(make(0.5, -0.1), gs::InvalidArgument);
+  EXPECT_THROW(make(std::nan(""), 0.1), gs::InvalidArgument);
+  EXPECT_THROW(make(0.0, 0.1), gs::InvalidArgument);
+  EXPECT_NO_THROW(make(0.0, 0.0));
+  EXPECT_NO_THROW(make(0.9, 0.9));
+  EXPECT_NO_THROW(make(1.0, 0.0));
+  gs::ModelCacheOptions neg;
+  neg.device = -1;
+  EXPECT_THROW(Cache{neg}, gs::InvalidArgument);
+}
+
+TEST_F(ModelCacheTest, EvictionCapIsAllOrNothing) {
+  gs::ModelCacheOptions o = budget(30);
+  o.max_evictions_per_call = 1;
+  Cache c(o);
+  add(c, "a", 10);
+  add(c, "b", 10);
+  add(c, "c", 10);
+  add(c, "wide", 20);
+  for (const char* k : {"a", "b", "c"}) c.get(k);
+  EXPECT_THROW(c.get("wide"), gs::BudgetExceeded);  // needs two evictions
+  EXPECT_EQ(c.stats().models_resident, 3u);
+  c.evict(10);
+  EXPECT_NO_THROW(c.get("wide"));  // needs one now
+}
+
+TEST_F(ModelCacheTest, ConcurrentGetsOfAMissingKeyLoadOnce) {
+  Cache c;
+  constexpr int kThreads = 8;
+  std::atomic<int> calls{0};
+  c.add("shared", [&] {
+    ++calls;
+    // Hold the load until every other caller is waiting for it.
+    while (c.stats().waits < kThreads - 1) std::this_thread::yield();
+    return gs::Loaded<Model>{std::make_shared<Model>(9), 1};
+  });
+  std::vector<Cache::Handle> got(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) threads.emplace_back([&, i] { got[i] = c.get("shared"); });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(calls.load(), 1);
+  for (const auto& h : got) EXPECT_EQ(h.get(), got[0].get());
+  const auto s = c.stats();
+  EXPECT_EQ(s.waits, static_cast<std::uint64_t>(kThreads - 1));
+  EXPECT_EQ(s.misses, static_cast<std::uint64_t>(kThreads));
+  EXPECT_EQ(s.loads, 1u);
+}
+
+TEST_F(ModelCacheTest, AFailedLoadReachesEveryWaiter) {
+  Cache c;
+  constexpr int kThreads = 6;
+  std::atomic<int> calls{0};
+  c.add("broken", [&]() -> gs::Loaded<Model> {
+    ++calls;
+    while (c.stats().waits < kThreads - 1) std::this_thread::yield();
+    throw std::runtime_error("corrupt file");
+  });
+  std::atomic<int> failures{0};
+  std::mutex m;
+  std::vector<const void*> objects;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&] {
+      try {
+        c.get("broken");
+      } catch (const gs::LoadFailed& e) {
+        if (std::string(e.what()).find("corrupt file") != std::string::npos) ++failures;
+        std::lock_guard<std::mutex> lk(m);
+        objects.push_back(&e);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(failures.load(), kThreads);
+  EXPECT_FALSE(c.is_resident("broken"));
+  EXPECT_EQ(c.stats().load_failures, 1u);
+}
+
+TEST_F(ModelCacheTest, ALoaderThatGetsItsOwnKeyFailsInsteadOfHanging) {
+  Cache c;
+  c.add("self", [&] {
+    c.get("self");
+    return gs::Loaded<Model>{std::make_shared<Model>(1), 1};
+  });
+  try {
+    c.get("self");
+    FAIL() << "expected LoadFailed";
+  } catch (const gs::LoadFailed& e) {
+    try {
+      std::rethrow_if_nested(e);
+    } catch (const gs::InvalidArgument&) {
+      SUCCEED();
+    }
+  } catch (const gs::InvalidArgument&) {
+    SUCCEED();
+  }
+  EXPECT_FALSE(c.is_resident("self"));
+}
+
+TEST_F(ModelCacheTest, ConcurrentLoadsWaitForReservationsInsteadOfOvershooting) {
+  // The second load waits for the first one's reservation; afterwards it evicts the first
+  // model or, when a caller still holds it, loads uncached - never both loads at once.
+  gs::ModelCacheOptions o = budget(100);
+  o.oversize = gs::OversizePolicy::load_uncached;
+  Cache c(o);
+  std::atomic<int> inside{0};
+  std::atomic<bool> over{false};
+  auto slow = [&](int v) {
+    return [&, v] {
+      if (++inside > 1) over = true;  // two 60-byte loads at once would exceed the budget
+      if (c.stats().bytes_charged() > 100) over = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      --inside;
+      return gs::Loaded<Model>{std::make_shared<Model>(v), 60};
+    };
+  };
+  c.add("x", slow(1), gs::Residency::secondary, 60);
+  c.add("y", slow(2), gs::Residency::secondary, 60);
+  std::thread t1([&] { c.get("x"); });
+  std::thread t2([&] { c.get("y"); });
+  t1.join();
+  t2.join();
+  EXPECT_FALSE(over.load());
+  EXPECT_EQ(c.stats().loads, 2u);
+  EXPECT_LE(c.stats().models_resident, 1u);
+  EXPECT_LE(c.stats().bytes_charged(), 100u);
+}
+
+TEST_F(ModelCacheTest, PrefetchNeverThrows) {
+  Cache c;
+  add(c, "a", 1);
+  c.add("bad", []() -> gs::Loaded<Model> { throw std::runtime_error("nope"); });
+  const auto old = gs::set_log_sink([](gs::LogLevel, std::string_view) {});
+  EXPECT_TRUE(c.prefetch("a"));
+  EXPECT_FALSE(c.prefetch("bad"));
+  EXPECT_FALSE(c.prefetch("unknown"));
+  gs::set_log_sink(old);
+  EXPECT_TRUE(c.is_resident("a"));
+  EXPECT_EQ(c.stats().load_failures, 1u);
+}
+
+TEST_F(ModelCacheTest, LoadTimeIsMeasured) {
+  Cache c;
+  c.add("slow", [] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return gs::Loaded<Model>{std::make_shared<Model>(1), 1};
+  });
+  c.get("slow");
+  EXPECT_GE(c.stats().load_time, std::chrono::milliseconds(5));
+}
+
+TEST_F(ModelCacheTest, IsAReclaimableInTheRegistry) {
+  const auto before = gs::registered_reclaimable_count();
+  std::shared_ptr<gs::Reclaimable> r;
+  {
+    gs::ModelCacheOptions o;
+    o.name = "faces";
+    Cache c(o);
+    EXPECT_EQ(gs::registered_reclaimable_count(), before + 1);
+    r = c.reclaimable();
+    EXPECT_STREQ(r->reclaimable_name(), "faces");
+    EXPECT_EQ(r->reclaim_cost(), gs::ReclaimCost::evictable_models);
+    add(c, "a", 10);
+    add(c, "b", 20);
+    c.get("a");
+    c.get("b");
+    const auto u = r->usage();
+    EXPECT_EQ(u.bytes_in_use, 30u);
+    EXPECT_EQ(u.items, 2u);
+    gs::ReclaimRequest req;
+    req.bytes_goal = 5;
+    EXPECT_EQ(r->reclaim(req), 10u);  // the least recently used one
+    EXPECT_FALSE(c.is_resident("a"));
+    EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::reclaim), 1u);
+    req.device = 3;
+    EXPECT_EQ(r->reclaim(req), 0u);  // another device
+  }
+  EXPECT_EQ(gs::registered_reclaimable_count(), before);
+  EXPECT_EQ(r->reclaim({}), 0u);  // the cache is gone; the handle still works
+  EXPECT_EQ(r->usage().bytes_in_use, 0u);
+}
+
+TEST_F(ModelCacheTest, ShutdownEvictsEveryUnpinnedModel) {
+  Cache c;
+  record(c);
+  add(c, "p", 10, gs::Residency::primary);
+  add(c, "s", 10);
+  add(c, "pinned", 10);
+  c.pin("pinned");
+  c.get("p");
+  c.get("s");
+  c.get("pinned");
+  EXPECT_GE(gs::shutdown(), 20u);
+  EXPECT_FALSE(c.is_resident("p"));
+  EXPECT_FALSE(c.is_resident("s"));
+  EXPECT_TRUE(c.is_resident("pinned"));
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::shutdown), 2u);
+  // Everything keeps working afterwards.
+  EXPECT_EQ(c.get("p")->value, 10);
+}
+
+TEST_F(ModelCacheTest, ReclaimAllFromACallbackDoesNotDeadlock) {
+  Cache c;
+  add(c, "a", 10);
+  add(c, "b", 10);
+  c.get("a");
+  c.get("b");
+  int calls = 0;
+  c.on_evict([&](const std::string&, std::size_t, gs::EvictReason) {
+    if (++calls == 1) gs::reclaim_all();  // re-enters the registry and this cache
+  });
+  gs::reclaim_all();
+  EXPECT_EQ(c.stats().models_resident, 0u);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST_F(ModelCacheTest, HandlesOutliveTheCache) {
+  Cache::Handle h;
+  {
+    Cache c(budget(100));
+    add(c, "a", 10);
+    h = c.get("a");
+  }
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->value, 10);
+  EXPECT_EQ(live.load(), 1);
+  h.reset();
+  EXPECT_EQ(live.load(), 0);
+}
+
+struct Point {
+  int x, y;
+  bool operator==(const Point& o) const { return x == o.x && y == o.y; }
+};
+struct PointHash {
+  std::size_t operator()(const Point& p) const { return std::hash<int>()(p.x * 31 + p.y); }
+};
+
+TEST_F(ModelCacheTest, KeysWithoutStreamOperatorWork) {
+  gs::ModelCache<Point, int, PointHash, FakeRuntime> c;
+  c.add({1, 2}, [] { return gs::Loaded<int>{std::make_shared<int>(12), 4}; });
+  EXPECT_EQ(*c.get({1, 2}), 12);
+  try {
+    c.get({3, 4});
+    FAIL();
+  } catch (const gs::UnknownKey& e) {
+    EXPECT_NE(std::string(e.what()).find("operator<<"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ModelCacheTest, DefaultRuntimeCacheWorks) {
+  gs::ModelCache<int, std::string> c;
+  c.add(1, [] { return gs::Loaded<std::string>{std::make_shared<std::string>("one"), 3}; });
+  EXPECT_EQ(*c.get(1), "one");
+}
+
+}  // namespace
