@@ -53,7 +53,8 @@ gs::BufferPoolOptions bench_options(gs::MemoryKind kind, const char* name) {
 }
 
 gs::BasicBufferPool<gs::HostRuntime>& host_pool() {
-  static gs::BasicBufferPool<gs::HostRuntime> pool(bench_options(gs::MemoryKind::host, "bench-host"));
+  static gs::BasicBufferPool<gs::HostRuntime> pool(
+      bench_options(gs::MemoryKind::host, "bench-host"));
   return pool;
 }
 
@@ -79,7 +80,8 @@ void BM_Pool_DefaultRuntime(benchmark::State& state) {
   const auto bytes = static_cast<std::size_t>(state.range(0));
   auto& pool = default_pool();
   if (pool.kind() != gs::MemoryKind::host) {
-    state.SkipWithError("the default runtime has a GPU: device memory cannot be touched from the host");
+    state.SkipWithError(
+        "the default runtime has a GPU: device memory cannot be touched from the host");
     return;
   }
   if (state.thread_index() == 0) state.SetLabel(pool.is_fallback() ? "host fallback" : "");
@@ -103,8 +105,7 @@ void BM_Malloc(benchmark::State& state) {
 }
 
 std::pmr::synchronized_pool_resource& pmr_pool() {
-  static std::pmr::synchronized_pool_resource pool(
-      std::pmr::pool_options{kSmallCount, kLarge});
+  static std::pmr::synchronized_pool_resource pool(std::pmr::pool_options{kSmallCount, kLarge});
   return pool;
 }
 

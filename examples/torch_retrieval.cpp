@@ -124,11 +124,11 @@ int check_answers(const char* who, const Retriever& r, const Corpus& c) {
   for (std::size_t q = 0; q < c.expected.size(); ++q) {
     const auto i = static_cast<std::int64_t>(q);
     const std::int64_t best = indices[i][0].item<std::int64_t>();
-    std::printf("  %s query %zu: top-3 = [%lld %lld %lld], best score %.4f (expected document %lld)\n",
-                who, q, static_cast<long long>(best),
-                static_cast<long long>(indices[i][1].item<std::int64_t>()),
-                static_cast<long long>(indices[i][2].item<std::int64_t>()),
-                scores[i][0].item<float>(), static_cast<long long>(c.expected[q]));
+    std::printf(
+        "  %s query %zu: top-3 = [%lld %lld %lld], best score %.4f (expected document %lld)\n", who,
+        q, static_cast<long long>(best), static_cast<long long>(indices[i][1].item<std::int64_t>()),
+        static_cast<long long>(indices[i][2].item<std::int64_t>()), scores[i][0].item<float>(),
+        static_cast<long long>(c.expected[q]));
     if (best != c.expected[q]) ++wrong;
   }
   return wrong;
@@ -142,8 +142,8 @@ int main() {
   const gs::TorchCudaAgreement agreement = gs::torch_cuda_agreement();
   std::printf("CUDA: %s\n", agreement.describe().c_str());
   const gs::DeviceInfo info = gs::get_device_info(0);
-  std::printf("Running on %s (%s), tensors on %s\n", info.name.c_str(),
-              info.is_gpu ? "GPU" : "CPU", device.str().c_str());
+  std::printf("Running on %s (%s), tensors on %s\n", info.name.c_str(), info.is_gpu ? "GPU" : "CPU",
+              device.str().c_str());
 
   // 1. The embedding model, written the way a training job would write it.
   const std::string model_path = temp_model_path();
@@ -170,11 +170,11 @@ int main() {
   // 3. A Retriever that lives in main: its buffer goes back to the pool when it dies.
   {
     Retriever scoped(encoder, corpus.documents);
-    std::printf("Scoped retriever: matrix %lld x %lld on %s, zero-copy over pool '%s' (in use %zu)\n",
-                static_cast<long long>(scoped.matrix().size(0)),
-                static_cast<long long>(scoped.matrix().size(1)),
-                scoped.matrix().device().str().c_str(), scoped.pool().name().c_str(),
-                scoped.pool().stats().totals.in_use);
+    std::printf(
+        "Scoped retriever: matrix %lld x %lld on %s, zero-copy over pool '%s' (in use %zu)\n",
+        static_cast<long long>(scoped.matrix().size(0)),
+        static_cast<long long>(scoped.matrix().size(1)), scoped.matrix().device().str().c_str(),
+        scoped.pool().name().c_str(), scoped.pool().stats().totals.in_use);
     wrong += check_answers("scoped", scoped, corpus);
   }
 

@@ -56,14 +56,14 @@ enum class OverflowPolicy {
 
 /// Construction options of a BasicBufferPool.
 struct BufferPoolOptions {
-  MemoryKind kind = MemoryKind::device;        ///< where the buffers live
-  int device = 0;                              ///< device index for device and pinned memory
-  std::vector<SizeClass> classes;              ///< strictly ascending by bytes, count > 0
-  std::size_t alignment = 256;                 ///< power of two; alignment of every buffer
+  MemoryKind kind = MemoryKind::device;  ///< where the buffers live
+  int device = 0;                        ///< device index for device and pinned memory
+  std::vector<SizeClass> classes;        ///< strictly ascending by bytes, count > 0
+  std::size_t alignment = 256;           ///< power of two; alignment of every buffer
   OverflowPolicy overflow = OverflowPolicy::fail;
-  Fallback fallback = Fallback::host;          ///< device/pinned memory without a usable GPU
-  bool track_leases = false;                   ///< record where each lease was taken (costs)
-  std::string name = "pool";                   ///< names the pool in messages, stats, reports
+  Fallback fallback = Fallback::host;  ///< device/pinned memory without a usable GPU
+  bool track_leases = false;           ///< record where each lease was taken (costs)
+  std::string name = "pool";           ///< names the pool in messages, stats, reports
 };
 
 /// Where a lease was taken, for the outstanding-lease report. The default argument of the
@@ -113,10 +113,10 @@ struct BufferPoolStats {
   MemoryKind requested_kind = MemoryKind::device;
   MemoryKind kind = MemoryKind::device;  ///< what the buffers really are
   int device = 0;
-  bool fallback = false;                 ///< device/pinned memory served from the host
+  bool fallback = false;  ///< device/pinned memory served from the host
   std::vector<SizeClassStats> classes;
-  SizeClassStats totals;                 ///< sums; overflow includes requests beyond every class
-  std::size_t overflow_live = 0;         ///< overflow leases out now
+  SizeClassStats totals;          ///< sums; overflow includes requests beyond every class
+  std::size_t overflow_live = 0;  ///< overflow leases out now
   std::size_t overflow_bytes_live = 0;
 };
 
@@ -297,10 +297,9 @@ class BufferLease {
 
   void check_as(std::size_t type_size, std::size_t type_align) const {
     const std::string what = std::string("BufferLease::as<T>() (sizeof ") +
-                             std::to_string(type_size) + ", alignof " +
-                             std::to_string(type_align) + ")";
-    if (!data_)
-      throw InvalidArgument(what + ": the lease is empty; acquire a buffer first");
+                             std::to_string(type_size) + ", alignof " + std::to_string(type_align) +
+                             ")";
+    if (!data_) throw InvalidArgument(what + ": the lease is empty; acquire a buffer first");
     if (type_size > size_)
       throw InvalidArgument(what + " on a " + std::to_string(size_) + "-byte lease of pool '" +
                             pool_name() + "': the buffer is smaller than one T; acquire at least " +
@@ -327,7 +326,7 @@ namespace detail {
 constexpr std::size_t kPoolCacheLine = 64;
 /// Classes with more bitmap words than this count their in-use buffers with an atomic counter
 /// instead of a popcount scan on every acquire (for the high-water mark).
-constexpr std::uint32_t kPoolScanWords = 16;
+constexpr std::uint32_t kPoolScanWords = 4;
 
 /// One 64-slot group: bit set in `free_bits` = slot free; bit set in `pending` = an event was
 /// recorded at the slot's last release. One cache line per word, so threads on different words
@@ -347,11 +346,11 @@ struct PoolSlotCounters {
 /// One slab's memory and bookkeeping. Metadata of a slab that was retired (device reset) stays
 /// alive with the core, so late releases of its leases land somewhere valid.
 struct PoolSlab {
-  void* raw = nullptr;         // what the runtime returned (freed), null when not resident
-  char* base = nullptr;        // aligned start of slot 0
+  void* raw = nullptr;   // what the runtime returned (freed), null when not resident
+  char* base = nullptr;  // aligned start of slot 0
   std::size_t raw_bytes = 0;
   std::atomic<std::uint32_t> epoch{0};  // device epoch when allocated (read on the hot path)
-  bool resident = false;       // guarded by the class mutex
+  bool resident = false;                // guarded by the class mutex
   std::atomic<bool> retired{false};
   std::unique_ptr<PoolWord[]> words;
   std::unique_ptr<PoolSlotCounters[]> counters;
@@ -397,12 +396,14 @@ inline std::uint64_t word_mask(std::size_t count, std::uint32_t w) noexcept {
 }
 
 inline int popcount64(std::uint64_t v) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(__POPCNT__) && (defined(__GNUC__) || defined(__clang__))
   return __builtin_popcountll(v);
 #else
-  int n = 0;
-  for (; v; v &= v - 1) ++n;
-  return n;
+  // Without -mpopcnt the builtin is a library call; this stays inline.
+  v = v - ((v >> 1) & 0x5555555555555555ull);
+  v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+  v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return static_cast<int>((v * 0x0101010101010101ull) >> 56);
 #endif
 }
 
@@ -644,10 +645,11 @@ class PoolCore final : public PoolCoreBase {
     const auto leases = outstanding();
     const BufferPoolStats st = stats();
     const std::size_t out_now = st.totals.in_use + st.overflow_live;
-    std::string r = "BufferPool '" + options_.name + "': " + std::to_string(out_now) +
-                    " lease(s) outstanding";
+    std::string r =
+        "BufferPool '" + options_.name + "': " + std::to_string(out_now) + " lease(s) outstanding";
     if (!options_.track_leases) {
-      if (out_now != 0) r += " (enable BufferPoolOptions::track_leases to see where they were taken)";
+      if (out_now != 0)
+        r += " (enable BufferPoolOptions::track_leases to see where they were taken)";
       return r + "\n";
     }
     r += "\n";
@@ -719,11 +721,13 @@ class PoolCore final : public PoolCoreBase {
     const std::string who = "BufferPool '" + options_.name + "'";
     const std::size_t a = options_.alignment;
     if (a == 0 || (a & (a - 1)) != 0)
-      throw InvalidArgument(who + ": alignment " + std::to_string(a) +
-                            " is not a power of two; use 256 (the default) or another power of two");
+      throw InvalidArgument(
+          who + ": alignment " + std::to_string(a) +
+          " is not a power of two; use 256 (the default) or another power of two");
     if (options_.classes.empty())
-      throw InvalidArgument(who + ": no size classes; give at least one {bytes, count}, e.g. "
-                                  "{{1 << 20, 8}}");
+      throw InvalidArgument(who +
+                            ": no size classes; give at least one {bytes, count}, e.g. "
+                            "{{1 << 20, 8}}");
     if (options_.classes.size() > std::numeric_limits<std::uint32_t>::max() / 2)
       throw InvalidArgument(who + ": too many size classes");
     for (std::size_t i = 0; i < options_.classes.size(); ++i) {
@@ -737,10 +741,10 @@ class PoolCore final : public PoolCoreBase {
       if (sc.count > (std::size_t{1} << 31))
         throw InvalidArgument(which + ": count too large; at most 2^31 buffers per class");
       if (i > 0 && sc.bytes <= options_.classes[i - 1].bytes)
-        throw InvalidArgument(which + ": classes must be strictly ascending by bytes (" +
-                              (sc.bytes == options_.classes[i - 1].bytes ? "duplicate size"
-                                                                         : "unsorted") +
-                              "); sort them and merge duplicates");
+        throw InvalidArgument(
+            which + ": classes must be strictly ascending by bytes (" +
+            (sc.bytes == options_.classes[i - 1].bytes ? "duplicate size" : "unsorted") +
+            "); sort them and merge duplicates");
       if (sc.bytes > std::numeric_limits<std::size_t>::max() - a)
         throw InvalidArgument(which + ": size overflows when rounded up to the alignment");
       const std::size_t stride = round_up(sc.bytes, a);
@@ -894,8 +898,8 @@ class PoolCore final : public PoolCoreBase {
   }
 
   void check_admission(std::size_t bytes) const {
-    check_gpu_request(options_.device, "acquire(" + std::to_string(bytes) + " bytes) from " +
-                                           pool_label());
+    check_gpu_request(options_.device,
+                      "acquire(" + std::to_string(bytes) + " bytes) from " + pool_label());
   }
 
   /// Takes a free slot of `s`: one CAS. Skips slots whose release event is still pending.
@@ -945,8 +949,8 @@ class PoolCore final : public PoolCoreBase {
       std::size_t free_now = static_cast<std::size_t>(popcount64(word_after));
       for (std::uint32_t k = 0; k < c.nwords; ++k)
         if (k != w)
-          free_now +=
-              static_cast<std::size_t>(popcount64(s.words[k].free_bits.load(std::memory_order_relaxed)));
+          free_now += static_cast<std::size_t>(
+              popcount64(s.words[k].free_bits.load(std::memory_order_relaxed)));
       unavailable = c.count - free_now;
     }
     std::size_t hw = c.high_water.load(std::memory_order_relaxed);
@@ -1074,8 +1078,8 @@ class PoolCore final : public PoolCoreBase {
     PoolSlab* s = c.current.load(std::memory_order_acquire);
     for (std::uint32_t w = 0; w < c.nwords; ++w) {
       free_now += static_cast<std::size_t>(popcount64(s->words[w].free_bits.load()));
-      pending += static_cast<std::size_t>(popcount64(s->words[w].free_bits.load() &
-                                                     s->words[w].pending.load()));
+      pending += static_cast<std::size_t>(
+          popcount64(s->words[w].free_bits.load() & s->words[w].pending.load()));
     }
     std::string m = "acquire(" + std::to_string(bytes) + " bytes) from pool '" + options_.name +
                     "': size class " + std::to_string(c.bytes) + " has " +
@@ -1083,19 +1087,20 @@ class PoolCore final : public PoolCoreBase {
                     " buffers leased";
     if (pending != 0)
       m += " (" + std::to_string(pending) + " more wait for stream work recorded at release)";
-    return m + "; raise its count, release leases sooner, use acquire_for() to wait, or enable "
-               "overflow";
+    return m +
+           "; raise its count, release leases sooner, use acquire_for() to wait, or enable "
+           "overflow";
   }
 
   BufferLease acquire_unusual(std::shared_ptr<PoolCoreBase>& self, std::size_t bytes,
                               LeaseTag tag) {
-    const std::string what = "acquire(" + std::to_string(bytes) + " bytes) from pool '" +
-                             options_.name + "'";
-    if (bytes == 0)
-      throw InvalidArgument(what + ": zero bytes; ask for at least 1 byte");
+    const std::string what =
+        "acquire(" + std::to_string(bytes) + " bytes) from pool '" + options_.name + "'";
+    if (bytes == 0) throw InvalidArgument(what + ": zero bytes; ask for at least 1 byte");
     if (bytes > std::numeric_limits<std::size_t>::max() / 2)
-      throw InvalidArgument(what + ": the size is absurd (it overflows when rounded to the "
-                                   "alignment); check the size computation");
+      throw InvalidArgument(what +
+                            ": the size is absurd (it overflows when rounded to the "
+                            "alignment); check the size computation");
     if (options_.overflow != OverflowPolicy::allocate)
       throw InvalidArgument(what + ": larger than the largest size class (" +
                             std::to_string(max_class_bytes_) + "); add a class or enable overflow");
@@ -1352,9 +1357,8 @@ class BasicBufferPool {
   template <class Rep, class Period>
   BufferLease acquire_for(std::size_t bytes, std::chrono::duration<Rep, Period> timeout,
                           LeaseTag tag = LeaseTag::here()) {
-    const auto deadline =
-        std::chrono::steady_clock::now() +
-        std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
     return core_->acquire(core_, bytes, tag, Core::Mode::waiting, deadline);
   }
 

@@ -79,13 +79,20 @@ constexpr std::size_t kEvictReasonCount = 7;
 
 constexpr const char* to_string(EvictReason r) noexcept {
   switch (r) {
-    case EvictReason::budget: return "budget";
-    case EvictReason::pressure: return "pressure";
-    case EvictReason::requested: return "requested";
-    case EvictReason::clear: return "clear";
-    case EvictReason::removed: return "removed";
-    case EvictReason::shutdown: return "shutdown";
-    case EvictReason::reclaim: return "reclaim";
+    case EvictReason::budget:
+      return "budget";
+    case EvictReason::pressure:
+      return "pressure";
+    case EvictReason::requested:
+      return "requested";
+    case EvictReason::clear:
+      return "clear";
+    case EvictReason::removed:
+      return "removed";
+    case EvictReason::shutdown:
+      return "shutdown";
+    case EvictReason::reclaim:
+      return "reclaim";
   }
   return "?";
 }
@@ -127,10 +134,10 @@ struct ModelCacheStats {
   std::uint64_t waits = 0;           ///< gets that waited for another thread's load
   std::uint64_t uncached_loads = 0;  ///< loads handed out without caching (OversizePolicy)
   std::array<std::uint64_t, kEvictReasonCount> evictions{};  ///< indexed by EvictReason
-  std::size_t bytes_resident = 0;    ///< cached models
-  std::size_t bytes_pinned = 0;      ///< of which primary or pinned (not evictable)
-  std::size_t bytes_reserved = 0;    ///< size hints of loads in progress
-  std::size_t bytes_retired = 0;     ///< removed from the cache but still held by handles
+  std::size_t bytes_resident = 0;                            ///< cached models
+  std::size_t bytes_pinned = 0;    ///< of which primary or pinned (not evictable)
+  std::size_t bytes_reserved = 0;  ///< size hints of loads in progress
+  std::size_t bytes_retired = 0;   ///< removed from the cache but still held by handles
   std::size_t byte_budget = 0;
   std::size_t models_registered = 0;
   std::size_t models_resident = 0;
@@ -196,8 +203,7 @@ inline void model_cache_reset_locks_in_child() noexcept {
 }
 
 inline void model_cache_track(ModelCacheLockOwner* owner) {
-  static const bool hooked =
-      (add_fork_child_hook(&model_cache_reset_locks_in_child), true);
+  static const bool hooked = (add_fork_child_hook(&model_cache_reset_locks_in_child), true);
   (void)hooked;
   auto& list = model_cache_fork_list();
   std::lock_guard<std::mutex> lock(list.mutex);
@@ -402,6 +408,8 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
   std::size_t reclaim(const ReclaimRequest& request) noexcept override {
     try {
       if (request.device >= 0 && request.device != options_.device) return 0;
+      // A periodic light cleanup must not throw away warm models: reloading costs far more.
+      if (request.level == ReclaimLevel::light) return 0;
       Graveyard g;
       {
         Exclusive lock(*this);
@@ -472,16 +480,30 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
 
   void reinit_locks_in_child() noexcept override {
     for (auto& s : stripes_) new (&s.mutex) std::mutex();
+    new (&lru_mutex_) std::mutex();
     new (&wait_mutex_) std::mutex();
     new (&wait_cv_) std::condition_variable();
   }
 
  private:
+  // A failed load: the loading thread rethrows `original`; each waiting thread throws its own
+  // copy (same type by ErrorCode, message and runtime code, same nested exception), so no
+  // exception object is shared between threads: the op handed to waiters holds no `original`.
+  struct Failure {
+    std::exception_ptr original;
+    ErrorCode code = ErrorCode::load_failed;
+    std::string message;
+    int runtime_code = 0;
+    std::exception_ptr nested;
+    bool failed = false;
+    explicit operator bool() const noexcept { return failed; }
+  };
+
   struct LoadOp {
     std::thread::id owner = std::this_thread::get_id();
     bool done = false;  // guarded by wait_mutex_
     Handle result;
-    std::exception_ptr error;
+    Failure failure;
   };
 
   struct Entry : std::enable_shared_from_this<Entry> {
@@ -513,7 +535,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
   };
 
   static constexpr unsigned kStripes = 16;
-  static constexpr unsigned kTouchCapacity = 32;
+  static constexpr unsigned kTouchCapacity = 64;
 
   struct alignas(64) Stripe {
     std::mutex mutex;
@@ -622,46 +644,52 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     return *it->second;
   }
 
-  // Fast path: one stripe lock, no shared write. Returns null on a miss or unknown key.
+  // Fast path: one stripe lock, no shared write. Returns null on a miss or unknown key. The
+  // touch is recorded in the stripe and applied to the LRU list later, in order: by the next
+  // exclusive section, or here under lru_mutex_ when the stripe's buffer is full.
   Handle lookup(const Key& key) {
     Stripe& s = stripes_[model_cache_thread_slot() % kStripes];
-    bool overflow = false;
-    Handle h;
-    {
-      std::lock_guard<std::mutex> guard(s.mutex);
-      auto it = map_.find(key);
-      if (it == map_.end()) return nullptr;
-      Entry* e = it->second.get();
-      if (!e->cached) return nullptr;
-      ++s.hits;
-      if (e->in_lru) {
-        if (s.touched != 0 && s.touches[s.touched - 1] == e) {
-          // already the latest touch of this stripe
-        } else if (s.touched < kTouchCapacity) {
-          s.touches[s.touched++] = e;
-        } else {
-          overflow = true;
-        }
+    std::lock_guard<std::mutex> guard(s.mutex);
+    auto it = map_.find(key);
+    if (it == map_.end()) return nullptr;
+    Entry* e = it->second.get();
+    if (!e->cached) return nullptr;
+    ++s.hits;
+    if (e->in_lru && (s.touched == 0 || s.touches[s.touched - 1] != e)) {
+      if (GPUSAFE_UNLIKELY(s.touched == kTouchCapacity)) {
+        std::lock_guard<std::mutex> lru(lru_mutex_);
+        apply_touches(s);
       }
-      h = e->cached;
+      s.touches[s.touched++] = e;
     }
-    if (GPUSAFE_UNLIKELY(overflow)) {
-      // The touch buffer is full: take everything (which applies it) and touch directly.
-      Exclusive lock(*this);
-      auto it = map_.find(key);
-      if (it != map_.end() && it->second->in_lru) lru_touch(*it->second);
+    return e->cached;
+  }
+
+  void apply_touches(Stripe& s) noexcept {
+    for (unsigned i = 0; i < s.touched; ++i) {
+      Entry* e = s.touches[i];
+      if (e->in_lru) lru_move_to_front(*e);
     }
-    return h;
+    s.touched = 0;
   }
 
   void apply_touches() noexcept {
-    for (auto& s : stripes_) {
-      for (unsigned i = 0; i < s.touched; ++i) {
-        Entry* e = s.touches[i];
-        if (e->in_lru) lru_touch(*e);
-      }
-      s.touched = 0;
-    }
+    for (auto& s : stripes_) apply_touches(s);
+  }
+
+  // Relinks a listed entry as the most recent. Writes only the links (which lookups never
+  // read), so a lookup may do it under lru_mutex_ while other lookups run.
+  void lru_move_to_front(Entry& e) noexcept {
+    if (head_ == &e) return;
+    e.prev->next = e.next;  // not the head, so it has a predecessor
+    if (e.next)
+      e.next->prev = e.prev;
+    else
+      tail_ = e.prev;
+    e.prev = nullptr;
+    e.next = head_;
+    head_->prev = &e;
+    head_ = &e;
   }
 
   // LRU list: head = most recent.
@@ -675,17 +703,19 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     evictable_bytes_ += e.bytes;
   }
   void lru_remove(Entry& e) noexcept {
-    if (e.prev) e.prev->next = e.next; else head_ = e.next;
-    if (e.next) e.next->prev = e.prev; else tail_ = e.prev;
+    if (e.prev)
+      e.prev->next = e.next;
+    else
+      head_ = e.next;
+    if (e.next)
+      e.next->prev = e.prev;
+    else
+      tail_ = e.prev;
     e.prev = e.next = nullptr;
     e.in_lru = false;
     evictable_bytes_ -= e.bytes;
   }
-  void lru_touch(Entry& e) noexcept {
-    if (head_ == &e) return;
-    lru_remove(e);
-    lru_push_front(e);
-  }
+  void lru_touch(Entry& e) noexcept { lru_move_to_front(e); }
 
   static bool in_use(const Entry& e) noexcept { return e.cached.use_count() > 1; }
 
@@ -767,9 +797,9 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
       s = Runtime::memory_info(options_.device, free_bytes, total);
     }
     if (!s.ok() || total == 0) {
-      pressure_log_.operator()(LogLevel::warning,
-                               "ModelCache '" + options_.name +
-                                   "': memory_info failed; pressure eviction skipped");
+      pressure_log_.operator()(
+          LogLevel::warning,
+          "ModelCache '" + options_.name + "': memory_info failed; pressure eviction skipped");
       return 0;
     }
     const std::size_t used = total - (free_bytes < total ? free_bytes : total);
@@ -819,11 +849,11 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
   [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when) const {
     const bool primary = e.residency == Residency::primary;
     std::string msg = prefix("get") + describe_cache_key(e.key) + ": " +
-                      (primary ? "primary" : "secondary") + " model of " +
-                      std::to_string(bytes) + " bytes (" + when + ") ";
+                      (primary ? "primary" : "secondary") + " model of " + std::to_string(bytes) +
+                      " bytes (" + when + ") ";
     if (bytes > options_.byte_budget) {
-      msg += "is larger than the whole budget of " + std::to_string(options_.byte_budget) +
-             " bytes";
+      msg +=
+          "is larger than the whole budget of " + std::to_string(options_.byte_budget) + " bytes";
     } else {
       msg += "does not fit the budget of " + std::to_string(options_.byte_budget) +
              " bytes beside " + std::to_string(resident_ - evictable_bytes_) +
@@ -871,8 +901,8 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
         } else {
           g.callback = callback_;
           const std::size_t hint = e.size_hint;
-          const bool must_cache = e.residency == Residency::primary ||
-                                  options_.oversize == OversizePolicy::throw_error;
+          const bool must_cache =
+              e.residency == Residency::primary || options_.oversize == OversizePolicy::throw_error;
           if (hint > options_.byte_budget || !make_room(hint, g)) {
             if (hint <= options_.byte_budget && reserved_ > 0) {
               // Loads in progress hold reservations; retry once one of them finishes.
@@ -900,7 +930,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
       g.finish(prefix("get"));
       if (i_load) return run_load(entry, op, reserved, cache_it);
       wait_for(op);
-      if (op->error) std::rethrow_exception(op->error);
+      if (op->failure) throw_copy(op->failure);
       if (op->result) return op->result;
     }
   }
@@ -915,7 +945,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
       // Pressure eviction is best effort; the load goes on.
     }
     Loaded<Model> loaded;
-    std::exception_ptr error;
+    Failure error;
     const auto t0 = std::chrono::steady_clock::now();
     try {
       loaded = e.loader();
@@ -923,12 +953,8 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
         throw LoadFailed(prefix("get") + describe_cache_key(e.key) +
                          ": the loader returned a null model; return "
                          "Loaded<Model>{std::make_shared<Model>(...), bytes} or throw");
-    } catch (const Error&) {
-      error = std::current_exception();
-    } catch (const std::exception& ex) {
-      error = nested_error(e, ex.what());
     } catch (...) {
-      error = nested_error(e, "a non-std exception");
+      error = capture(e, "the loader threw");
     }
     const auto elapsed = std::chrono::steady_clock::now() - t0;
 
@@ -937,7 +963,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
       try {
         wrapped = wrap(loaded.model);
       } catch (...) {
-        error = std::current_exception();
+        error = capture(e, "caching the model failed");
       }
     }
     Graveyard g;
@@ -972,41 +998,102 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
           }
           ++counters_.loads;
         } catch (...) {
-          error = std::current_exception();
+          error = capture(e, "caching the model failed");
         }
       }
       if (error) {
         ++counters_.load_failures;
         result.reset();
       }
-      op->error = error;
+      op->failure = error;
+      op->failure.original = nullptr;
       op->result = result;
     }
     publish(op);
     g.finish(prefix("get"));
     wrapped.reset();
     loaded.model.reset();
-    if (error) std::rethrow_exception(error);
+    if (error) std::rethrow_exception(error.original);
     return result;
   }
 
-  std::exception_ptr nested_error(const Entry& e, const char* what) const noexcept {
+  // Called inside a catch block: describes the exception in flight. A gpusafe::Error stays as it
+  // is; anything else becomes a LoadFailed naming the key, with the original nested.
+  Failure capture(const Entry& e, const char* context) const {
+    Failure f;
+    f.failed = true;
     try {
-      try {
-        throw;
-      } catch (...) {
-        std::throw_with_nested(LoadFailed(prefix("get") + describe_cache_key(e.key) +
-                                          ": the loader threw: " + what));
-      }
+      throw;
+    } catch (const Error& err) {
+      f.original = std::current_exception();
+      f.code = err.code();
+      f.message = err.what();
+      f.runtime_code = err.runtime_code();
+      return f;
+    } catch (const std::exception& ex) {
+      f.message = prefix("get") + describe_cache_key(e.key) + ": " + context + ": " + ex.what();
     } catch (...) {
-      return std::current_exception();
+      f.message =
+          prefix("get") + describe_cache_key(e.key) + ": " + context + ": a non-std exception";
     }
+    f.nested = std::current_exception();
+    f.code = ErrorCode::load_failed;
+    try {
+      std::throw_with_nested(LoadFailed(f.message));
+    } catch (...) {
+      f.original = std::current_exception();
+    }
+    return f;
+  }
+
+  template <class E>
+  [[noreturn]] static void throw_copy_as(const Failure& f) {
+    if (!f.nested) throw E(f.message, f.runtime_code);
+    try {
+      std::rethrow_exception(f.nested);
+    } catch (...) {
+      std::throw_with_nested(E(f.message, f.runtime_code));
+    }
+  }
+
+  [[noreturn]] static void throw_copy(const Failure& f) {
+    switch (f.code) {
+      case ErrorCode::invalid_argument:
+        throw_copy_as<InvalidArgument>(f);
+      case ErrorCode::out_of_memory:
+        throw_copy_as<OutOfMemory>(f);
+      case ErrorCode::pool_exhausted:
+        throw_copy_as<PoolExhausted>(f);
+      case ErrorCode::no_gpu:
+        throw_copy_as<NoGpu>(f);
+      case ErrorCode::forked_child:
+        throw_copy_as<ForkedChild>(f);
+      case ErrorCode::shutting_down:
+        throw_copy_as<ShuttingDown>(f);
+      case ErrorCode::device_poisoned:
+        throw_copy_as<DevicePoisoned>(f);
+      case ErrorCode::runtime_error:
+        throw_copy_as<RuntimeFailure>(f);
+      case ErrorCode::duplicate_key:
+        throw_copy_as<DuplicateKey>(f);
+      case ErrorCode::unknown_key:
+        throw_copy_as<UnknownKey>(f);
+      case ErrorCode::load_failed:
+        throw_copy_as<LoadFailed>(f);
+      case ErrorCode::budget_exceeded:
+        throw_copy_as<BudgetExceeded>(f);
+      case ErrorCode::timeout:
+        throw_copy_as<Timeout>(f);
+    }
+    throw Error(f.code, f.message, f.runtime_code);
   }
 
   ModelCacheOptions options_;
   std::shared_ptr<ModelCacheAccounting> acct_;
   Stripe stripes_[kStripes];
-  // Everything below is guarded by all stripes (Exclusive).
+  std::mutex lru_mutex_;  // taken under one stripe to apply that stripe's touches
+  // Everything below is guarded by all stripes (Exclusive); the LRU links also by one stripe
+  // plus lru_mutex_.
   std::unordered_map<Key, std::shared_ptr<Entry>, Hash> map_;
   Entry* head_ = nullptr;
   Entry* tail_ = nullptr;

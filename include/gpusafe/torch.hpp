@@ -28,13 +28,15 @@
 #if !defined(GPUSAFE_WITH_TORCH)
 #define GPUSAFE_WITH_TORCH 1
 #elif !GPUSAFE_WITH_TORCH
-#error "gpusafe/torch.hpp needs GPUSAFE_WITH_TORCH=1 for the whole build: link gpusafe::torch (which defines it) or define it on the command line; including another gpusafe header first without it is not enough"
+#error \
+    "gpusafe/torch.hpp needs GPUSAFE_WITH_TORCH=1 for the whole build: link gpusafe::torch (which defines it) or define it on the command line; including another gpusafe header first without it is not enough"
 #endif
 
 #if !defined(__has_include)
 #error "gpusafe/torch.hpp needs a compiler with __has_include"
 #elif !__has_include(<torch/nn/module.h>) || !__has_include(<ATen/ATen.h>)
-#error "gpusafe/torch.hpp needs the LibTorch headers: link gpusafe::torch (find_package(Torch)) or add LibTorch's include/ and include/torch/csrc/api/include to the include path"
+#error \
+    "gpusafe/torch.hpp needs the LibTorch headers: link gpusafe::torch (find_package(Torch)) or add LibTorch's include/ and include/torch/csrc/api/include to the include path"
 #endif
 
 #include "gpusafe/config.hpp"
@@ -52,9 +54,9 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
-#include <torch/cuda.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/cuda.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 #include <torch/serialize.h>
@@ -121,7 +123,8 @@ bool any_tensor_needs_runtime(const Tensors& tensors) {
 /// Whether an nn::Module (recursively) holds a tensor that tensor_needs_runtime(). Unsure: true.
 inline bool module_needs_runtime(const torch::nn::Module& m) noexcept {
   try {
-    return any_tensor_needs_runtime(m.parameters(true)) || any_tensor_needs_runtime(m.buffers(true));
+    return any_tensor_needs_runtime(m.parameters(true)) ||
+           any_tensor_needs_runtime(m.buffers(true));
   } catch (...) {
     return true;
   }
@@ -189,7 +192,8 @@ struct CleanupTraits<at::Tensor> {
 /// safe_tensor_cleanup(shared_ptr<Module>) for torch::nn modules: leaks the reference at teardown
 /// only when the module holds CUDA (or other runtime-owned) tensors.
 template <class M>
-struct CleanupTraits<std::shared_ptr<M>, std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>>> {
+struct CleanupTraits<std::shared_ptr<M>,
+                     std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>>> {
   static bool release(std::shared_ptr<M>& p) noexcept { return detail::release_module_ptr(p); }
 };
 
@@ -219,7 +223,8 @@ struct CleanupTraits<torch::jit::Module> {
     if (!detail::jit_module_holds(m)) return false;
     if (detail::runtime_is_gone() && detail::module_needs_runtime(m)) {
       if (new (std::nothrow) torch::jit::Module(std::move(m)) == nullptr) {  // leaked on purpose
-        detail::log_cleanup_failure_once<torch::jit::Module>("could not move a module aside at exit");
+        detail::log_cleanup_failure_once<torch::jit::Module>(
+            "could not move a module aside at exit");
         return false;
       }
       try {
@@ -231,7 +236,8 @@ struct CleanupTraits<torch::jit::Module> {
     try {
       m = torch::jit::Module();
     } catch (...) {
-      detail::log_cleanup_failure_once<torch::jit::Module>("a TorchScript module's destructor threw");
+      detail::log_cleanup_failure_once<torch::jit::Module>(
+          "a TorchScript module's destructor threw");
       return false;
     }
     return true;
@@ -262,7 +268,8 @@ inline std::string as_tensor_what(at::IntArrayRef sizes, const at::IntArrayRef* 
 /// or overflow.
 inline std::uint64_t span_elements(at::IntArrayRef sizes, const at::IntArrayRef* strides,
                                    const std::string& what) {
-  constexpr std::uint64_t kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  constexpr std::uint64_t kMax =
+      static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   if (strides && strides->size() != sizes.size())
     throw InvalidArgument(what + ": " + std::to_string(strides->size()) + " strides for " +
                           std::to_string(sizes.size()) + " dimensions; give one stride per size");
@@ -356,9 +363,10 @@ inline at::Tensor as_tensor_impl(BufferLease& lease, at::IntArrayRef sizes,
     throw InvalidArgument(what + ": the byte size overflows; check the sizes");
   const std::uint64_t bytes = elements * item;
   if (bytes > lease.size())
-    throw InvalidArgument(what + ": needs " + std::to_string(bytes) + " bytes but the lease holds " +
-                          std::to_string(lease.size()) + "; acquire at least " +
-                          std::to_string(bytes) + " bytes or use smaller sizes");
+    throw InvalidArgument(what + ": needs " + std::to_string(bytes) +
+                          " bytes but the lease holds " + std::to_string(lease.size()) +
+                          "; acquire at least " + std::to_string(bytes) +
+                          " bytes or use smaller sizes");
   if (reinterpret_cast<std::uintptr_t>(lease.data()) % item != 0)
     throw InvalidArgument(what + ": the buffer address is not aligned to the " +
                           std::to_string(item) + "-byte element size; use a pool whose buffers " +
@@ -492,7 +500,8 @@ inline void check_readable(const std::string& path, const std::string& what) {
     throw LoadFailed(what + ": '" + path + "' is a directory; give the model file");
   std::ifstream probe(path, std::ios::binary);
   if (!probe)
-    throw LoadFailed(what + ": file '" + path + "' cannot be opened for reading; check permissions");
+    throw LoadFailed(what + ": file '" + path +
+                     "' cannot be opened for reading; check permissions");
 }
 
 /// The first line of an exception's message (LibTorch appends long backtraces).
@@ -540,7 +549,8 @@ std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string pat
     try {
       module = detail::to_shared(make());
     } catch (const std::exception& e) {
-      throw LoadFailed(what + ": building the empty module failed: " + detail::first_line(e.what()));
+      throw LoadFailed(what +
+                       ": building the empty module failed: " + detail::first_line(e.what()));
     }
     if (!module) throw LoadFailed(what + ": the module factory returned an empty module");
     try {
@@ -548,8 +558,9 @@ std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string pat
       archive.load_from(path);
       module->load(archive);
     } catch (const std::exception& e) {
-      throw LoadFailed(what + ": the file is not a torch::save archive of this module (corrupt, "
-                              "truncated, or another architecture): " +
+      throw LoadFailed(what +
+                       ": the file is not a torch::save archive of this module (corrupt, "
+                       "truncated, or another architecture): " +
                        detail::first_line(e.what()));
     }
     try {
@@ -587,8 +598,9 @@ inline std::function<Loaded<torch::jit::Module>()> torchscript_loader(
       module = std::make_shared<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
     } catch (const std::exception& e) {
-      throw LoadFailed(what + ": the file is not a loadable TorchScript archive (corrupt, "
-                              "truncated, or written by torch::save instead): " +
+      throw LoadFailed(what +
+                       ": the file is not a loadable TorchScript archive (corrupt, "
+                       "truncated, or written by torch::save instead): " +
                        detail::first_line(e.what()));
     }
     Loaded<torch::jit::Module> loaded;
@@ -651,8 +663,10 @@ class TorchCudaAllocatorReclaimable final : public Reclaimable {
         // Index 0 of each StatArray is the aggregate over the small and large pools.
         const auto stats =
             c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(d));
-        u.bytes_in_use += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.allocated_bytes[0].current));
-        u.bytes_reserved += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.reserved_bytes[0].current));
+        u.bytes_in_use +=
+            static_cast<std::size_t>(std::max<std::int64_t>(0, stats.allocated_bytes[0].current));
+        u.bytes_reserved +=
+            static_cast<std::size_t>(std::max<std::int64_t>(0, stats.reserved_bytes[0].current));
         u.items += static_cast<std::size_t>(std::max<std::int64_t>(0, stats.segment[0].current));
       } catch (...) {
         // LibTorch has not initialised CUDA on this device: it holds nothing there.
@@ -693,8 +707,8 @@ inline const bool torch_allocator_registered = register_torch_allocator();
 /// only on the first call, when memory is exhausted.
 inline std::shared_ptr<Reclaimable> torch_allocator_reclaimable() {
   (void)detail::register_torch_allocator();
-  static NoDestructor<std::shared_ptr<Reclaimable>> handle(
-      &detail::torch_allocator_instance(), [](Reclaimable*) {});
+  static NoDestructor<std::shared_ptr<Reclaimable>> handle(&detail::torch_allocator_instance(),
+                                                           [](Reclaimable*) {});
   return handle.get();
 }
 
@@ -715,9 +729,9 @@ struct TorchCudaAgreement {
   std::string describe() const {
     std::ostringstream os;
     os << "gpusafe: " << (gpusafe_available ? "available" : "unavailable") << ", "
-       << gpusafe_devices << " device(s); LibTorch: "
-       << (torch_available ? "available" : "unavailable") << ", " << torch_devices
-       << " device(s); " << (comparable ? "comparable" : "not comparable") << ", "
+       << gpusafe_devices
+       << " device(s); LibTorch: " << (torch_available ? "available" : "unavailable") << ", "
+       << torch_devices << " device(s); " << (comparable ? "comparable" : "not comparable") << ", "
        << (agree ? "agree" : "DISAGREE");
     return os.str();
   }

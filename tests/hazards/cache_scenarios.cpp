@@ -32,7 +32,9 @@ void register_models(GpuCache<Runtime>& cache, int count) {
     const std::size_t bytes = 1024 * static_cast<std::size_t>(k + 1);
     cache.add(
         k,
-        [bytes] { return gs::Loaded<GpuModel<Runtime>>{std::make_shared<GpuModel<Runtime>>(bytes), bytes}; },
+        [bytes] {
+          return gs::Loaded<GpuModel<Runtime>>{std::make_shared<GpuModel<Runtime>>(bytes), bytes};
+        },
         k == 0 ? gs::Residency::primary : gs::Residency::secondary);
   }
 }

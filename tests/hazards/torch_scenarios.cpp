@@ -87,9 +87,10 @@ GPUSAFE_HAZARD_SCENARIO(torch_tensor_outlives_pool) {
   return 0;
 }
 
-// Tensors over pooled buffers inherited by a forked child: the child releases them with zero
-// runtime calls (and may exit through the inherited static destructors); the parent's tensors
-// and pool are untouched and work afterwards.
+// Tensors over pooled buffers inherited by a forked child: safe_tensor_cleanup in the child empties
+// them with zero runtime calls (a tensor over pooled or CUDA memory is leaked there, a plain CPU
+// tensor freed), and the child may exit through the inherited static destructors; the parent's
+// tensors and pool are untouched and work afterwards.
 GPUSAFE_HAZARD_SCENARIO(torch_tensor_in_forked_child) {
   static gs::BasicBufferPool<Runtime> pool(torch_pool_options<Runtime>("torch_fork"));
   static at::Tensor inherited_static = pooled_tensor(pool, 1.0f);

@@ -127,9 +127,7 @@ void run_mixed(gs::OversizePolicy policy) {
   const auto old_sink = gs::set_log_sink([](gs::LogLevel, std::string_view) {});
   Fixture f(policy);
   std::atomic<std::uint64_t> evicted_by_callback{0};
-  f.cache.on_evict([&](const int&, std::size_t b, gs::EvictReason) {
-    evicted_by_callback += b;
-  });
+  f.cache.on_evict([&](const int&, std::size_t b, gs::EvictReason) { evicted_by_callback += b; });
 
   const int threads = 8;
   const int ops = scaled(20000);
@@ -206,7 +204,9 @@ void run_mixed(gs::OversizePolicy policy) {
   gs::set_log_sink(old_sink);
 }
 
-TEST(ModelCacheStress, MixedOperationsLoadUncached) { run_mixed(gs::OversizePolicy::load_uncached); }
+TEST(ModelCacheStress, MixedOperationsLoadUncached) {
+  run_mixed(gs::OversizePolicy::load_uncached);
+}
 
 TEST(ModelCacheStress, MixedOperationsThrowError) { run_mixed(gs::OversizePolicy::throw_error); }
 

@@ -24,7 +24,8 @@ using FakePool = gs::BasicBufferPool<FakeRuntime>;
 
 namespace {
 
-gs::BufferPoolOptions device_options(std::vector<gs::SizeClass> classes, std::string name = "frames") {
+gs::BufferPoolOptions device_options(std::vector<gs::SizeClass> classes,
+                                     std::string name = "frames") {
   gs::BufferPoolOptions o;
   o.kind = gs::MemoryKind::device;
   o.classes = std::move(classes);
@@ -40,7 +41,8 @@ void expect_throw_with(Fn&& fn, std::vector<std::string> fragments) {
     ADD_FAILURE() << "no exception";
   } catch (const E& e) {
     const std::string m = e.what();
-    for (const auto& f : fragments) EXPECT_NE(m.find(f), std::string::npos) << m << "\nmissing: " << f;
+    for (const auto& f : fragments)
+      EXPECT_NE(m.find(f), std::string::npos) << m << "\nmissing: " << f;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type: " << e.what();
   }
@@ -165,7 +167,9 @@ TEST_F(BufferPoolTest, FailedConstructionLeaksNothingForEveryFailingAllocation) 
     const auto before = FakeRuntime::live_allocations();
     FakeRuntime::fail_nth_allocation(k);
     expect_throw_with<gs::OutOfMemory>(
-        [&] { FakePool p(device_options({{256, 4}, {4096, 4}, {65536, 4}})); },
+        [&] {
+          FakePool p(device_options({{256, 4}, {4096, 4}, {65536, 4}}));
+        },
         {"BufferPool 'frames'", "allocating size class"});
     EXPECT_EQ(FakeRuntime::live_allocations(), before) << "k=" << k;
     EXPECT_EQ(FakeRuntime::invalid_frees(), 0u);
@@ -180,9 +184,7 @@ TEST_F(BufferPoolTest, FailedConstructionLeaksNothingForEveryFailingAllocation) 
       << "every event created was destroyed";
   // And a pool destroyed normally frees its slabs and events.
   FakeRuntime::reset(2);
-  {
-    FakePool p(device_options({{256, 4}, {4096, 4}}));
-  }
+  { FakePool p(device_options({{256, 4}, {4096, 4}})); }
   EXPECT_EQ(FakeRuntime::live_allocations(), before);
   EXPECT_EQ(FakeRuntime::calls(FakeOp::event_destroy), FakeRuntime::calls(FakeOp::event_create));
 }
@@ -347,7 +349,8 @@ TEST_F(BufferPoolTest, ReclaimAllAndShutdownTrimAndReportOutstandingLeasesOnce) 
   FakePool pool(o);
   auto held = pool.acquire(8000, GPUSAFE_LEASE_TAG("kept"));
   std::vector<std::string> logged;
-  auto previous = gs::set_log_sink([&](gs::LogLevel, std::string_view m) { logged.emplace_back(m); });
+  auto previous =
+      gs::set_log_sink([&](gs::LogLevel, std::string_view m) { logged.emplace_back(m); });
   gs::ReclaimRequest light;
   light.level = gs::ReclaimLevel::light;
   EXPECT_EQ(pool.reclaimable()->reclaim(light), 0u);
@@ -587,6 +590,9 @@ TEST_F(BufferPoolTest, ForkedChildReleasesWithoutRuntimeCallsAndRefusesDeviceAcq
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "child check failed with code " << WEXITSTATUS(status);
+  // The fake's events point at their stream: release and trim before the stream goes.
+  dev_lease.release();
+  dev.reset();
   FakeRuntime::destroy_stream(stream);
 }
 

@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <list>
 #include <map>
-#include <ostream>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -279,10 +279,18 @@ TEST_P(ModelCacheDifferential, MatchesReferenceModel) {
     s.bytes = 1 + pick(p.budget == 0 ? 8 : p.budget / 3);
     if (i == 13) s.bytes = p.budget + 5;  // always oversize
     switch (pick(4)) {
-      case 0: s.hint = 0; break;
-      case 1: s.hint = s.bytes; break;
-      case 2: s.hint = s.bytes / 2; break;
-      default: s.hint = s.bytes + pick(10); break;
+      case 0:
+        s.hint = 0;
+        break;
+      case 1:
+        s.hint = s.bytes;
+        break;
+      case 2:
+        s.hint = s.bytes / 2;
+        break;
+      default:
+        s.hint = s.bytes + pick(10);
+        break;
     }
     return s;
   };
@@ -376,8 +384,7 @@ TEST_P(ModelCacheDifferential, MatchesReferenceModel) {
     } else if (op < 84) {
       const std::size_t goal = pick(p.budget / 2 + 2);
       what = "evict " + std::to_string(goal);
-      ASSERT_EQ(cache.evict(goal), ref.evict(goal, gs::EvictReason::requested))
-          << "step " << step;
+      ASSERT_EQ(cache.evict(goal), ref.evict(goal, gs::EvictReason::requested)) << "step " << step;
     } else if (op < 88) {
       const std::size_t goal = pick(p.budget / 2 + 2);
       what = "reclaim " + std::to_string(goal);
@@ -458,21 +465,21 @@ TEST_P(ModelCacheDifferential, MatchesReferenceModel) {
     ASSERT_LE(s.bytes_resident + s.bytes_retired, p.budget) << "step " << step;
     std::size_t pinned = 0;
     for (const auto& kv : ref.entries)
-      if (kv.second.instance && (kv.second.pinned || kv.second.spec.residency == gs::Residency::primary))
+      if (kv.second.instance &&
+          (kv.second.pinned || kv.second.spec.residency == gs::Residency::primary))
         pinned += ref.instances.at(kv.second.instance).bytes;
     ASSERT_EQ(s.bytes_pinned, pinned) << "step " << step;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Seeds, ModelCacheDifferential,
-    ::testing::Values(Params{1, 100, 0, gs::OversizePolicy::throw_error},
-                      Params{2, 100, 0, gs::OversizePolicy::load_uncached},
-                      Params{3, 60, 2, gs::OversizePolicy::throw_error},
-                      Params{4, 60, 2, gs::OversizePolicy::load_uncached},
-                      Params{5, 250, 1, gs::OversizePolicy::load_uncached},
-                      Params{6, 0, 0, gs::OversizePolicy::load_uncached},
-                      Params{7, 1000, 0, gs::OversizePolicy::throw_error},
-                      Params{8, 40, 3, gs::OversizePolicy::throw_error}));
+INSTANTIATE_TEST_SUITE_P(Seeds, ModelCacheDifferential,
+                         ::testing::Values(Params{1, 100, 0, gs::OversizePolicy::throw_error},
+                                           Params{2, 100, 0, gs::OversizePolicy::load_uncached},
+                                           Params{3, 60, 2, gs::OversizePolicy::throw_error},
+                                           Params{4, 60, 2, gs::OversizePolicy::load_uncached},
+                                           Params{5, 250, 1, gs::OversizePolicy::load_uncached},
+                                           Params{6, 0, 0, gs::OversizePolicy::load_uncached},
+                                           Params{7, 1000, 0, gs::OversizePolicy::throw_error},
+                                           Params{8, 40, 3, gs::OversizePolicy::throw_error}));
 
 }  // namespace

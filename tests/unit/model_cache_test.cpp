@@ -562,7 +562,8 @@ struct Reentrant {
 };
 
 TEST_F(ModelCacheTest, ModelDestructorMayCallIntoTheCache) {
-  using ReentrantCache = gs::ModelCache<std::string, Reentrant, std::hash<std::string>, FakeRuntime>;
+  using ReentrantCache =
+      gs::ModelCache<std::string, Reentrant, std::hash<std::string>, FakeRuntime>;
   ReentrantCache c;
   std::atomic<int> destroyed{0};
   c.add("m", [&] {
@@ -713,26 +714,33 @@ TEST_F(ModelCacheTest, AFailedLoadReachesEveryWaiter) {
     while (c.stats().waits < kThreads - 1) std::this_thread::yield();
     throw std::runtime_error("corrupt file");
   });
-  std::atomic<int> failures{0};
-  std::mutex m;
-  std::vector<const void*> objects;
+  c.add("oom", [&]() -> gs::Loaded<Model> {
+    while (c.stats().waits < 2 * (kThreads - 1)) std::this_thread::yield();
+    throw gs::OutOfMemory("device full", 2);
+  });
+  std::atomic<int> load_failed{0}, oom{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&] {
       try {
         c.get("broken");
       } catch (const gs::LoadFailed& e) {
-        if (std::string(e.what()).find("corrupt file") != std::string::npos) ++failures;
-        std::lock_guard<std::mutex> lk(m);
-        objects.push_back(&e);
+        if (std::string(e.what()).find("corrupt file") != std::string::npos) ++load_failed;
+      }
+      try {
+        c.get("oom");
+      } catch (const gs::OutOfMemory& e) {
+        // Waiters get their own copy: same type, message and runtime code.
+        if (std::string(e.what()) == "device full" && e.runtime_code() == 2) ++oom;
       }
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(calls.load(), 1);
-  EXPECT_EQ(failures.load(), kThreads);
+  EXPECT_EQ(load_failed.load(), kThreads);
+  EXPECT_EQ(oom.load(), kThreads);
   EXPECT_FALSE(c.is_resident("broken"));
-  EXPECT_EQ(c.stats().load_failures, 1u);
+  EXPECT_EQ(c.stats().load_failures, 2u);
 }
 
 TEST_F(ModelCacheTest, ALoaderThatGetsItsOwnKeyFailsInsteadOfHanging) {

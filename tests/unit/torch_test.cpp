@@ -260,15 +260,25 @@ TEST(TorchAsTensor, ErrorsKeepTheLease) {
     EXPECT_EQ(lease.data(), data);
     EXPECT_EQ(in_use(pool), 1u);
   };
-  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {11}, at::kFloat); }, "needs 44 bytes");
-  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {6}, at::kDouble); }, "needs 48 bytes");
+  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {11}, at::kFloat); },
+                 "needs 44 bytes");
+  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {6}, at::kDouble); },
+                 "needs 48 bytes");
   expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {-1}, at::kFloat); }, "negative");
-  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {2, 2}, {1}, at::kFloat); },
-                 "strides for");
-  expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {4, 4}, {1, 4}, at::kFloat); },
-                 "needs 64 bytes");
   expect_invalid(
-      [&] { (void)gs::as_tensor(std::move(lease), {1LL << 40, 1LL << 40}, at::kFloat); },
+      [&] {
+        (void)gs::as_tensor(std::move(lease), {2, 2}, {1}, at::kFloat);
+      },
+      "strides for");
+  expect_invalid(
+      [&] {
+        (void)gs::as_tensor(std::move(lease), {4, 4}, {1, 4}, at::kFloat);
+      },
+      "needs 64 bytes");
+  expect_invalid(
+      [&] {
+        (void)gs::as_tensor(std::move(lease), {1LL << 40, 1LL << 40}, at::kFloat);
+      },
       "overflow");
   expect_invalid([&] { (void)gs::as_tensor(std::move(lease), {1}, at::ScalarType::Undefined); },
                  "element size");
@@ -395,8 +405,8 @@ TEST(TorchLoaders, TorchModuleLoaderRoundTrip) {
   torch::nn::Linear saved(10, 5);
   torch::save(saved, path);
 
-  auto loader = gs::torch_module_loader<torch::nn::Linear>(
-      path, [] { return torch::nn::Linear(10, 5); });
+  auto loader =
+      gs::torch_module_loader<torch::nn::Linear>(path, [] { return torch::nn::Linear(10, 5); });
   gs::Loaded<torch::nn::LinearImpl> loaded = loader();
   ASSERT_NE(loaded.model, nullptr);
   EXPECT_EQ(loaded.bytes, kLinear10x5Bytes);
@@ -497,10 +507,12 @@ TEST(TorchAllocator, UsageAndReclaim) {
     EXPECT_EQ(u.bytes_reserved, 0u);
     EXPECT_EQ(u.bytes_in_use, 0u);
     EXPECT_EQ(r->reclaim({}), 0u);
-    GTEST_SKIP() << "no CUDA in LibTorch or gpusafe: the allocator reclaimable is a no-op (checked)";
+    GTEST_SKIP()
+        << "no CUDA in LibTorch or gpusafe: the allocator reclaimable is a no-op (checked)";
   }
   {
-    at::Tensor big = torch::empty({64 << 20}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    at::Tensor big =
+        torch::empty({64 << 20}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
     const gs::ResourceUsage held = r->usage();
     EXPECT_GE(held.bytes_in_use, std::size_t{64} << 20);
     EXPECT_GE(held.bytes_reserved, held.bytes_in_use);
