@@ -20,7 +20,9 @@
 #include <cub/util_allocator.cuh>
 #define GPUSAFE_BENCH_HAS_CUB 1
 #endif
-#if defined(GPUSAFE_BENCH_HAS_TORCH) && __has_include(<c10/cuda/CUDACachingAllocator.h>)
+// CPU-only LibTorch packages may ship c10/cuda headers without the library; ATen's CUDA config
+// header exists only in CUDA builds of LibTorch.
+#if defined(GPUSAFE_BENCH_HAS_TORCH) && __has_include(<ATen/cuda/CUDAConfig.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
 #define GPUSAFE_BENCH_HAS_TORCH_CUDA 1
 #endif

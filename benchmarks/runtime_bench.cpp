@@ -2,6 +2,8 @@
 // call instead, cudaGetDeviceCount (CUDA builds) and torch::cuda::is_available() (LibTorch).
 #include <benchmark/benchmark.h>
 
+#include <atomic>
+
 #include "gpusafe/runtime.hpp"
 
 #ifdef GPUSAFE_BENCH_HAS_TORCH
@@ -9,6 +11,18 @@
 #endif
 
 namespace gs = gpusafe;
+
+namespace {
+std::atomic<int> g_cached_answer{0};
+}  // namespace
+
+// The floor: one acquire load of a global atomic inside the benchmark loop, which is the least
+// any cached answer can cost.
+static void BM_floor_atomic_load(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(g_cached_answer.load(std::memory_order_acquire) == 0);
+}
+BENCHMARK(BM_floor_atomic_load);
 
 static void BM_gpusafe_is_cuda_available(benchmark::State& state) {
   (void)gs::is_cuda_available();  // the probe; what is measured is every later call

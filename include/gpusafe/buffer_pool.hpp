@@ -146,7 +146,7 @@ struct LeaseState {
 };
 
 /// The type-erased core a lease releases to (DESIGN rule 10).
-class PoolCoreBase : public Reclaimable {
+class PoolCoreBase : public Reclaimable, public LeakReporter {
  public:
   virtual void release_lease(void* data, std::size_t bytes, LeaseState& state) noexcept = 0;
   virtual const char* pool_name() const noexcept = 0;
@@ -168,7 +168,31 @@ inline PoolCoreList& pool_core_list() noexcept {
   return list.get();
 }
 
+/// Event handles abandoned on purpose (their context was reset or is unusable). Kept reachable
+/// so leak checkers do not report them; small (one array per dropped slab).
+struct AbandonedEvents {
+  std::mutex mutex;
+  std::vector<std::unique_ptr<EventHandle[]>> arrays;
+};
+
+inline AbandonedEvents& abandoned_events() noexcept {
+  static NoDestructor<AbandonedEvents> list;
+  return list.get();
+}
+
+inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
+  if (!events) return;
+  auto& a = abandoned_events();
+  try {
+    std::lock_guard<std::mutex> lock(a.mutex);
+    a.arrays.push_back(std::move(events));
+  } catch (...) {
+    (void)events.release();
+  }
+}
+
 inline void reset_pool_locks_in_child() noexcept {
+  new (&abandoned_events().mutex) std::mutex();
   auto& list = pool_core_list();
   new (&list.mutex) std::mutex();
   for (PoolCoreBase* c = list.head; c; c = c->list_next) c->reset_locks_in_child();
@@ -641,6 +665,35 @@ class PoolCore final : public PoolCoreBase {
     return out;
   }
 
+  /// The outstanding leases as the MemoryManager's leak report wants them (tracking on).
+  std::vector<LeakRecord> leak_records() const override {
+    std::vector<LeakRecord> out;
+    if (!options_.track_leases) {
+      // Without the tracker only the count is known: one record that says so.
+      const BufferPoolStats st = stats();
+      const std::size_t out_now = st.totals.in_use + st.overflow_live;
+      if (out_now > 0) {
+        LeakRecord r;
+        r.resource = options_.name;
+        r.tag = std::to_string(out_now) + " lease(s) out; enable track_leases to see where";
+        out.push_back(std::move(r));
+      }
+      return out;
+    }
+    const auto now = std::chrono::system_clock::now();
+    for (auto& lease : outstanding()) {
+      LeakRecord r;
+      r.resource = std::move(lease.pool);
+      r.file = std::move(lease.file);
+      r.line = lease.line;
+      r.tag = std::move(lease.tag);
+      r.bytes = lease.bytes;
+      r.age = std::chrono::duration_cast<std::chrono::nanoseconds>(now - lease.acquired);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
   std::string leak_report() const {
     const auto leases = outstanding();
     const BufferPoolStats st = stats();
@@ -865,7 +918,7 @@ class PoolCore final : public PoolCoreBase {
 
   /// Forgets a slab's memory without any runtime call (exit, fork, reset, poison).
   void drop_slab_memory(PoolSlab& s) noexcept {
-    s.events.release();  // the handles belong to a dead or unusable context: leak on purpose
+    abandon_events(s.events);  // they belong to a dead or unusable context: never destroyed
     s.raw = nullptr;
     s.base = nullptr;
     s.resident = false;

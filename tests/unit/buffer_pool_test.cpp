@@ -456,14 +456,16 @@ TEST_F(BufferPoolTest, PendingSlotsAreSkippedInFavourOfIdleOnes) {
   auto b = pool.acquire(1);
   EXPECT_NE(b.data(), busy);
   EXPECT_FALSE(pool.try_acquire(1));
-  // acquire_for polls pending slots: completing the stream frees the slot without a release.
-  std::thread completer([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    FakeRuntime::complete_stream(stream);
-  });
+  // acquire_for polls pending slots (the fake's streams are single-threaded, so the stream is
+  // completed between two calls here rather than from another thread).
+  expect_throw_with<gs::Timeout>([&] { pool.acquire_for(1, std::chrono::milliseconds(5)); },
+                                 {"wait for stream work"});
+  FakeRuntime::complete_stream(stream);
   auto c = pool.acquire_for(1, std::chrono::seconds(10));
-  completer.join();
-  EXPECT_EQ(c.data(), busy);
+  EXPECT_EQ(c.data(), busy) << "completing the stream frees the slot without a release";
+  EXPECT_EQ(pool.stats().classes[0].waits, 1u);
+  c.release();
+  b.release();
   FakeRuntime::destroy_stream(stream);
 }
 

@@ -116,7 +116,7 @@ class Blocking : public gs::Reclaimable {
 void wait_for(const std::atomic<bool>& flag) {
   const auto deadline = std::chrono::steady_clock::now() + 5s;
   while (!flag && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
-  ASSERT_TRUE(flag.load()) << "the helper thread never got there";
+  ASSERT_TRUE(flag.load()) << "the other thread never got there";
 }
 
 }  // namespace

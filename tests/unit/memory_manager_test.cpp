@@ -924,4 +924,35 @@ TEST_F(MemoryManagerTest, PoolAndCacheDyingFirstAreDetached) {
   EXPECT_EQ(m.shutdown(), 0u);
 }
 
+TEST_F(MemoryManagerTest, LeakReportListsPoolLeasesWithWhereTheyWereTaken) {
+  gs::BufferPoolOptions o = pool_options(kMiB, 4);
+  o.track_leases = true;
+  FakePool tracked(o);
+  gs::BufferPoolOptions u = pool_options(kMiB, 4);
+  u.name = "untracked-frames";
+  FakePool untracked(u);
+  Manager m;
+  m.attach(tracked);
+  m.attach(untracked);
+  EXPECT_TRUE(m.leak_report().empty());
+
+  auto decode = tracked.acquire(1000, GPUSAFE_LEASE_TAG("decode"));
+  const int decode_line = __LINE__ - 1;
+  auto anonymous = untracked.acquire(1000);
+  const auto report = m.leak_report();
+  ASSERT_EQ(report.records.size(), 2u);
+  const auto& named = report.records[0].resource == "frames" ? report.records[0] : report.records[1];
+  const auto& counted = &named == &report.records[0] ? report.records[1] : report.records[0];
+  EXPECT_EQ(named.tag, "decode");
+  EXPECT_EQ(named.line, decode_line);
+  EXPECT_NE(named.file.find("memory_manager_test.cpp"), std::string::npos);
+  EXPECT_EQ(named.bytes, 1000u);
+  EXPECT_EQ(counted.resource, "untracked-frames");
+  EXPECT_NE(counted.tag.find("1 lease(s) out"), std::string::npos);
+
+  decode.release();
+  anonymous.release();
+  EXPECT_TRUE(m.leak_report().empty());
+}
+
 }  // namespace
