@@ -14,6 +14,8 @@
 #ifndef GPUSAFE_LIFECYCLE_HPP
 #define GPUSAFE_LIFECYCLE_HPP
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -144,6 +146,18 @@ inline void reset_registry_lock_in_child() noexcept {
   for (auto& e : registry().entries) new (&e->mutex) std::recursive_mutex();
 }
 
+// The registry's list lock is a leaf lock: the forking thread takes it around fork() so that the
+// child never copies the list half-changed (its lock is then re-created there).
+inline void lock_registry_before_fork() noexcept { registry().mutex.lock(); }
+inline void unlock_registry_after_fork() noexcept { registry().mutex.unlock(); }
+
+inline void install_registry_fork_handlers() noexcept {
+  static const bool installed =
+      (::pthread_atfork(&lock_registry_before_fork, &unlock_registry_after_fork, nullptr),
+       add_fork_child_hook(&reset_registry_lock_in_child), true);
+  (void)installed;
+}
+
 inline std::vector<std::shared_ptr<RegistryEntry>> registry_snapshot() {
   auto& reg = registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
@@ -161,8 +175,7 @@ class ReclaimRegistration {
  public:
   ReclaimRegistration() = default;
   explicit ReclaimRegistration(Reclaimable& target) {
-    static const bool hooked = (detail::add_fork_child_hook(&detail::reset_registry_lock_in_child), true);
-    (void)hooked;
+    detail::install_registry_fork_handlers();
     entry_ = std::make_shared<detail::RegistryEntry>();
     entry_->target = &target;
     entry_->cost = target.reclaim_cost();

@@ -22,6 +22,8 @@
 
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -282,7 +284,32 @@ inline void recreate_manager_locks_in_child() noexcept {
   for (ManagerSync* s : list.live) s->recreate_in_child();
 }
 
+// Around fork() the forking thread holds every manager's data locks, so no other thread can be
+// half-way through changing the attached list or the history when the child is copied: the
+// child's re-created locks then guard consistent data. Both are leaf locks (nothing else is
+// taken while they are held), so taking them here cannot deadlock.
+inline void lock_managers_before_fork() noexcept {
+  auto& list = manager_sync_list();
+  list.mutex.lock();
+  for (ManagerSync* s : list.live) {
+    s->attach.lock();
+    s->history.lock();
+  }
+}
+
+inline void unlock_managers_after_fork() noexcept {
+  auto& list = manager_sync_list();
+  for (auto it = list.live.rbegin(); it != list.live.rend(); ++it) {
+    (*it)->history.unlock();
+    (*it)->attach.unlock();
+  }
+  list.mutex.unlock();
+}
+
 inline void register_manager_sync(ManagerSync* s) {
+  static const bool hooked =
+      (::pthread_atfork(&lock_managers_before_fork, &unlock_managers_after_fork, nullptr), true);
+  (void)hooked;
   add_fork_child_hook(&recreate_manager_locks_in_child);
   auto& list = manager_sync_list();
   std::lock_guard<std::mutex> lock(list.mutex);

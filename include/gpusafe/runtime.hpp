@@ -386,7 +386,10 @@ struct CudaRuntime {
  private:
   static Status call(cudaError_t rc, int device) noexcept {
     detail::note_runtime_call();
-    if (rc != cudaSuccess && rc != cudaErrorNotReady) (void)cudaGetLastError();
+    if (rc == cudaSuccess || rc == cudaErrorNotReady) return {static_cast<int>(rc)};
+    (void)cudaGetLastError();
+    // A call that names no device acted on the current one; a sticky error poisons that.
+    if (device < 0 && cudaGetDevice(&device) != cudaSuccess) device = 0;
     return detail::note_status({static_cast<int>(rc)}, device);
   }
 };

@@ -173,6 +173,7 @@ GPUSAFE_HAZARD_SCENARIO(manager_locks_across_fork) {
       manager.stop();
       return 0;
     });
+    if (rc != 0) std::fprintf(stderr, "child rc=%d\n", rc);
     GPUSAFE_HAZARD_CHECK(rc == 0);
   }
   done.store(true);

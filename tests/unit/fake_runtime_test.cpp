@@ -417,3 +417,33 @@ TEST_F(FakeRuntimeTest, FailNthAllocationZeroIsATypedError) {
   ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 8, &p).ok()) << "no fault was armed";
   EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
 }
+
+TEST(FakeRuntimeBadInput, UnknownDeviceIndexIsATypedErrorNamingTheValidRange) {
+  FakeRuntime::reset(2);
+  for (int bad : {-1, 2, 99}) {
+    try {
+      FakeRuntime::set_memory_info(bad, 1, 2);
+      FAIL() << "set_memory_info(" << bad << ") accepted";
+    } catch (const gs::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("valid indices are 0..1"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(FakeRuntime::clear_memory_info(bad), gs::InvalidArgument);
+    EXPECT_THROW(FakeRuntime::bytes_in_use(bad), gs::InvalidArgument);
+  }
+  FakeRuntime::reset();
+}
+
+TEST(FakeRuntimeBadInput, StickyErrorOnACallWithoutDevicePoisonsTheCurrentDevice) {
+  FakeRuntime::reset(2);
+  gs::notify_device_reset(0);
+  gs::notify_device_reset(1);
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  gs::EventHandle event = nullptr;
+  FakeRuntime::fail_call(FakeOp::event_create, gs::codes::illegal_address);
+  EXPECT_EQ(FakeRuntime::event_create(event).code, gs::codes::illegal_address);
+  EXPECT_TRUE(gs::device_is_poisoned(1));
+  EXPECT_FALSE(gs::device_is_poisoned(0));
+  gs::notify_device_reset(1);
+  ASSERT_TRUE(FakeRuntime::set_device(0).ok());
+  FakeRuntime::reset();
+}

@@ -239,7 +239,7 @@ class FakeRuntime {
   static void set_memory_info(int device, std::size_t free_bytes, std::size_t total_bytes) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
-    auto& d = st.devices.at(static_cast<std::size_t>(device));
+    auto& d = st.devices[checked_index(device, "set_memory_info")];
     d.override_info = true;
     d.info_free = free_bytes;
     d.info_total = total_bytes;
@@ -247,7 +247,7 @@ class FakeRuntime {
   static void clear_memory_info(int device) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
-    st.devices.at(static_cast<std::size_t>(device)).override_info = false;
+    st.devices[checked_index(device, "clear_memory_info")].override_info = false;
   }
 
   /// After the runtime's teardown, any call aborts the process (with a message on stderr).
@@ -275,7 +275,7 @@ class FakeRuntime {
   static std::size_t bytes_in_use(int device) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
-    return st.devices.at(static_cast<std::size_t>(device)).used;
+    return st.devices[checked_index(device, "bytes_in_use")].used;
   }
 
   // ---- simulated streams ---------------------------------------------------------------------
@@ -400,12 +400,22 @@ class FakeRuntime {
  private:
   static State& state() noexcept { return detail_fake::state(); }
 
+  /// `device` as an index into the device table; InvalidArgument when out of range.
+  static std::size_t checked_index(int device, const char* what) {
+    const int n = state().device_count.load();
+    if (device < 0 || device >= n)
+      throw InvalidArgument(std::string("FakeRuntime::") + what + "(" + std::to_string(device) +
+                            "): no such simulated device; valid indices are 0.." +
+                            std::to_string(n - 1) + " (FakeRuntime::reset sets the count)");
+    return static_cast<std::size_t>(device);
+  }
+
   template <class Body>
   static Status finish(FakeOp op, int device, Body&& body) noexcept {
     int code = detail_fake::enter(op);
     if (code == 0) code = body();
     gpusafe::detail::note_runtime_call();
-    return gpusafe::detail::note_status({code}, device);
+    return gpusafe::detail::note_status({code}, device < 0 ? detail_fake::current_device : device);
   }
 
   static int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
