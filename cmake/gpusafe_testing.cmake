@@ -5,9 +5,10 @@
 #                          gpusafe::gpusafe.
 #   GPUSAFE_WARNING_FLAGS  the warnings every in-tree target compiles with (-Werror included).
 #   gpusafe_add_test(NAME name SOURCES src... [LABELS l...] [NEEDS_TORCH] [TIMEOUT s]
-#                    [NO_MAIN] [ARGS a...])
+#                    [NO_MAIN] [ARGS a...] [TARGET gpusafe-target] [LIBRARIES l...])
 #     Builds executable `name` linking GTest::gtest_main (GTest::gtest with NO_MAIN) and
-#     GPUSAFE_TEST_TARGET, registers it as one CTest test (one process per executable).
+#     GPUSAFE_TEST_TARGET (or TARGET), registers it as one CTest test (one process per
+#     executable).
 #     With NEEDS_TORCH nothing is done unless LibTorch is enabled.
 include_guard(GLOBAL)
 
@@ -78,7 +79,7 @@ macro(gpusafe_require_gtest)
 endmacro()
 
 function(gpusafe_add_test)
-  cmake_parse_arguments(PARSE_ARGV 0 arg "NEEDS_TORCH;NO_MAIN" "NAME;TIMEOUT"
+  cmake_parse_arguments(PARSE_ARGV 0 arg "NEEDS_TORCH;NO_MAIN" "NAME;TIMEOUT;TARGET"
                         "SOURCES;LABELS;ARGS;LIBRARIES")
   if(NOT arg_NAME OR NOT arg_SOURCES)
     message(FATAL_ERROR "gpusafe_add_test: NAME and SOURCES are required")
@@ -97,7 +98,10 @@ function(gpusafe_add_test)
   else()
     target_link_libraries(${arg_NAME} PRIVATE GTest::gtest_main)
   endif()
-  target_link_libraries(${arg_NAME} PRIVATE ${GPUSAFE_TEST_TARGET} ${arg_LIBRARIES})
+  if(NOT arg_TARGET)
+    set(arg_TARGET ${GPUSAFE_TEST_TARGET})
+  endif()
+  target_link_libraries(${arg_NAME} PRIVATE ${arg_TARGET} ${arg_LIBRARIES})
   gpusafe_target_warnings(${arg_NAME})
 
   add_test(NAME ${arg_NAME} COMMAND ${arg_NAME} ${arg_ARGS})
