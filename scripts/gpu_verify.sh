@@ -26,7 +26,13 @@ if [ -d "$carry/bench" ]; then
 fi
 summary="$out/summary.txt"
 : >"$summary"
-note() { echo "$*" | tee -a "$summary"; }
+# GPUSAFE_SUMMARY_MIRROR: a second file that receives the summary as it grows (for a caller that
+# may be cut off before the end).
+note() {
+  echo "$*" | tee -a "$summary"
+  [ -n "${GPUSAFE_SUMMARY_MIRROR:-}" ] && cp "$summary" "$GPUSAFE_SUMMARY_MIRROR"
+  return 0
+}
 step() {  # step NAME COMMAND...: runs, logs to NAME.log, records pass/fail
   local name=$1; shift
   local t0=$(date +%s)
@@ -34,6 +40,7 @@ step() {  # step NAME COMMAND...: runs, logs to NAME.log, records pass/fail
   local rc=$?
   note "$name: $([ $rc -eq 0 ] && echo PASS || echo "FAIL (rc=$rc)") in $(( $(date +%s) - t0 )) s"
   tail -n 5 "$out/$name.log" | sed 's/^/    /' >>"$summary"
+  [ -n "${GPUSAFE_SUMMARY_MIRROR:-}" ] && cp "$summary" "$GPUSAFE_SUMMARY_MIRROR"
   return $rc
 }
 
@@ -69,8 +76,8 @@ if want tests; then
   if command -v compute-sanitizer >/dev/null; then
     for t in build/gpu/tests/gpusafe_gpu_stream_release_test build/gpu/tests/gpusafe_buffer_pool_test \
              build/gpu/tests/gpusafe_torch_test; do
-      [ -x "$t" ] && step "sanitizer_$(basename "$t")" compute-sanitizer --tool memcheck \
-        --error-exitcode 1 "$t" --gtest_brief=1
+      [ -x "$t" ] && step "sanitizer_$(basename "$t")" timeout 300 compute-sanitizer \
+        --tool memcheck --error-exitcode 1 "$t" --gtest_brief=1
     done
   fi
 fi
