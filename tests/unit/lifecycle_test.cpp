@@ -287,13 +287,16 @@ TEST(Fork, ChildLogsAndReclaimsWhileLocksWereHeldAtForkTime) {
   // Thread 2 holds a registry entry's lock inside a slow reclaim.
   std::thread reclaimer([] { (void)gs::reclaim_all(); });
   wait_for(slow.entered);
-  // Thread 3 holds the registry's own lock.
+  // Thread 3 holds the registry's own lock as fork() begins. That lock guards the registry's list,
+  // so fork() waits for it (a pthread_atfork prepare handler) and the child never copies the
+  // list half-changed; it is held only briefly in real code, and here for 200 ms.
   std::atomic<bool> holding{false};
   std::atomic<bool> let_go{false};
   std::thread registry_holder([&] {
     std::lock_guard<std::mutex> lock(gs::detail::registry().mutex);
     holding = true;
-    while (!let_go) std::this_thread::sleep_for(1ms);
+    const auto until = std::chrono::steady_clock::now() + 200ms;
+    while (!let_go && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
   });
   wait_for(holding);
   // Thread 4 holds the fake runtime's lock.
