@@ -24,6 +24,7 @@
 // header exists only in CUDA builds of LibTorch.
 #if defined(GPUSAFE_BENCH_HAS_TORCH) && __has_include(<ATen/cuda/CUDAConfig.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #define GPUSAFE_BENCH_HAS_TORCH_CUDA 1
 #endif
 #endif
@@ -269,6 +270,10 @@ void BM_Gpu_CubCachingAllocator(benchmark::State& state) {
 void BM_Gpu_TorchCachingAllocator(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   const auto bytes = static_cast<std::size_t>(state.range(0));
+  // LibTorch sets its allocator up lazily, with its first CUDA tensor; raw_alloc alone does not.
+  static const bool initialized =
+      (c10::cuda::CUDACachingAllocator::init(c10::cuda::device_count()), true);
+  (void)initialized;
   for (auto _ : state) {
     void* p = c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
     benchmark::DoNotOptimize(p);

@@ -61,7 +61,11 @@ int run_one(const std::string& name, const std::string& exit_name) {
   hz::current().scenario = scenario;
   hz::current().exit_style = style;
   gpusafe::testing::FakeRuntime::reset();
-  if (scenario->fake) gpusafe::testing::FakeRuntime::trap_after_teardown(true);
+  if (scenario->fake) {
+    gpusafe::testing::FakeRuntime::trap_after_teardown(true);
+    // As on a real GPU, host code must not touch device memory.
+    gpusafe::testing::FakeRuntime::protect_device_memory(true);
+  }
   int rc = 0;
   try {
     rc = scenario->body();

@@ -447,3 +447,22 @@ TEST(FakeRuntimeBadInput, StickyErrorOnACallWithoutDevicePoisonsTheCurrentDevice
   ASSERT_TRUE(FakeRuntime::set_device(0).ok());
   FakeRuntime::reset();
 }
+
+TEST_F(FakeRuntimeTest, ProtectedDeviceMemoryCrashesHostCodeThatTouchesIt) {
+  FakeRuntime::protect_device_memory(true);
+  void* device = nullptr;
+  void* host = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 4096, &device).ok());
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::pinned_host, 0, 4096, &host).ok());
+  std::memset(host, 1, 4096);  // host-visible kinds stay writable
+  EXPECT_EQ(FakeRuntime::bytes_in_use(0), 4096u);
+  EXPECT_DEATH(std::memset(device, 1, 16), "");
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, device).ok());
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::pinned_host, 0, host).ok());
+  EXPECT_EQ(FakeRuntime::live_allocations(), 0u);
+  FakeRuntime::reset();
+  void* plain = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 64, &plain).ok());
+  std::memset(plain, 1, 64);  // reset() turns the protection off again
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, plain).ok());
+}

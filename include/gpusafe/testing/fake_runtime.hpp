@@ -15,6 +15,7 @@
 #ifndef GPUSAFE_TESTING_FAKE_RUNTIME_HPP
 #define GPUSAFE_TESTING_FAKE_RUNTIME_HPP
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -91,7 +92,13 @@ struct Allocation {
   std::size_t bytes;
   int device;
   MemoryKind kind;
+  bool mapped;  // an inaccessible mapping (protect_device_memory), freed with munmap
 };
+
+inline std::size_t page_rounded(std::size_t bytes) noexcept {
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  return bytes == 0 ? page : (bytes + page - 1) / page * page;
+}
 
 struct Fault {
   FakeOp op;
@@ -115,6 +122,7 @@ struct State {
   std::atomic<bool> started{false};
   std::atomic<bool> torn_down{false};
   std::atomic<bool> trap_after_teardown{false};
+  std::atomic<bool> protect_device{false};
   std::atomic<int> mode{0};
   std::atomic<int> device_count{1};
   std::vector<Device> devices{Device{std::size_t{1} << 30}};
@@ -209,6 +217,7 @@ class FakeRuntime {
     st.calls_after_teardown.store(0);
     st.invalid_frees.store(0);
     st.trap_after_teardown.store(false);
+    st.protect_device.store(false);
     detail_fake::current_device = 0;
   }
 
@@ -249,6 +258,10 @@ class FakeRuntime {
     std::lock_guard<std::mutex> lock(st.mutex);
     st.devices[checked_index(device, "clear_memory_info")].override_info = false;
   }
+
+  /// Device allocations become inaccessible to the host (PROT_NONE pages), as real device memory
+  /// is: host code that reads or writes a device buffer crashes here as it would on a GPU.
+  static void protect_device_memory(bool on = true) noexcept { state().protect_device.store(on); }
 
   /// After the runtime's teardown, any call aborts the process (with a message on stderr).
   static void trap_after_teardown(bool on = true) noexcept { state().trap_after_teardown.store(on); }
@@ -427,17 +440,32 @@ class FakeRuntime {
       auto& d = st.devices[static_cast<std::size_t>(device)];
       if (bytes > d.capacity - d.used) return codes::memory_allocation;
     }
-    void* p = gpusafe::detail::host_allocate(bytes);
+    const bool mapped = on_device && st.protect_device.load();
+    void* p = mapped ? map_inaccessible(bytes) : gpusafe::detail::host_allocate(bytes);
     if (!p) return codes::memory_allocation;
     try {
-      st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind});
+      st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind, mapped});
     } catch (...) {
-      gpusafe::detail::host_free(p);
+      release_memory(p, bytes, mapped);
       return codes::memory_allocation;
     }
     if (on_device) st.devices[static_cast<std::size_t>(device)].used += bytes;
     *out = p;
     return codes::success;
+  }
+
+  static void* map_inaccessible(std::size_t bytes) noexcept {
+    void* p = ::mmap(nullptr, detail_fake::page_rounded(bytes), PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+
+  static void release_memory(void* p, std::size_t bytes, bool mapped) noexcept {
+    if (mapped) {
+      ::munmap(p, detail_fake::page_rounded(bytes));
+    } else {
+      gpusafe::detail::host_free(p);
+    }
   }
 
   static int do_deallocate(MemoryKind kind, void* p) noexcept {
@@ -451,8 +479,8 @@ class FakeRuntime {
     }
     if (kind == MemoryKind::device && it->second.device < static_cast<int>(st.devices.size()))
       st.devices[static_cast<std::size_t>(it->second.device)].used -= it->second.bytes;
+    release_memory(p, it->second.bytes, it->second.mapped);
     st.allocations.erase(it);
-    gpusafe::detail::host_free(p);
     return codes::success;
   }
 };
