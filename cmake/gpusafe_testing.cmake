@@ -22,6 +22,22 @@ endif()
 
 set(GPUSAFE_WARNING_FLAGS -Wall -Wextra -Werror -Wundef)
 
+# Sets out_var to the files matching `pattern` (a glob relative to the current source folder),
+# sorted, without the torch_* ones when LibTorch is not enabled.
+function(gpusafe_glob_sources out_var pattern)
+  file(GLOB _found CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/${pattern}")
+  list(SORT _found)
+  set(_kept "")
+  foreach(_f IN LISTS _found)
+    get_filename_component(_name "${_f}" NAME)
+    if(_name MATCHES "^torch_" AND NOT GPUSAFE_TORCH_FOUND)
+      continue()
+    endif()
+    list(APPEND _kept "${_f}")
+  endforeach()
+  set(${out_var} "${_kept}" PARENT_SCOPE)
+endfunction()
+
 # Applies gpusafe's in-tree warnings to a target.
 function(gpusafe_target_warnings target)
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
