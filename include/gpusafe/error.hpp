@@ -16,37 +16,50 @@ GPUSAFE_NAMESPACE_BEGIN
 
 /// What kind of failure an Error reports.
 enum class ErrorCode {
-  invalid_argument,   ///< the request itself is malformed (zero size, bad index, ...)
-  out_of_memory,      ///< the runtime could not allocate
-  pool_exhausted,     ///< every buffer of the size class is leased
-  no_gpu,             ///< a GPU was required and there is none usable
-  forked_child,       ///< a GPU request in a process forked after CUDA was used
-  shutting_down,      ///< a GPU request after the process began to exit
-  device_poisoned,    ///< a sticky CUDA error: the context is unusable until a reset
-  runtime_error,      ///< any other runtime failure
-  duplicate_key,      ///< a key registered twice
-  unknown_key,        ///< a key never registered
-  load_failed,        ///< a model loader threw or returned nothing
-  budget_exceeded,    ///< a model bigger than the cache's budget
-  timeout,            ///< a bounded wait ran out
+  invalid_argument,  ///< the request itself is malformed (zero size, bad index, ...)
+  out_of_memory,     ///< the runtime could not allocate
+  pool_exhausted,    ///< every buffer of the size class is leased
+  no_gpu,            ///< a GPU was required and there is none usable
+  forked_child,      ///< a GPU request in a process forked after CUDA was used
+  shutting_down,     ///< a GPU request after the process began to exit
+  device_poisoned,   ///< a sticky CUDA error: the context is unusable until a reset
+  runtime_error,     ///< any other runtime failure
+  duplicate_key,     ///< a key registered twice
+  unknown_key,       ///< a key never registered
+  load_failed,       ///< a model loader threw or returned nothing
+  budget_exceeded,   ///< a model bigger than the cache's budget
+  timeout,           ///< a bounded wait ran out
 };
 
 /// Short stable name of an ErrorCode ("pool_exhausted", ...).
 constexpr const char* to_string(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::invalid_argument: return "invalid_argument";
-    case ErrorCode::out_of_memory: return "out_of_memory";
-    case ErrorCode::pool_exhausted: return "pool_exhausted";
-    case ErrorCode::no_gpu: return "no_gpu";
-    case ErrorCode::forked_child: return "forked_child";
-    case ErrorCode::shutting_down: return "shutting_down";
-    case ErrorCode::device_poisoned: return "device_poisoned";
-    case ErrorCode::runtime_error: return "runtime_error";
-    case ErrorCode::duplicate_key: return "duplicate_key";
-    case ErrorCode::unknown_key: return "unknown_key";
-    case ErrorCode::load_failed: return "load_failed";
-    case ErrorCode::budget_exceeded: return "budget_exceeded";
-    case ErrorCode::timeout: return "timeout";
+    case ErrorCode::invalid_argument:
+      return "invalid_argument";
+    case ErrorCode::out_of_memory:
+      return "out_of_memory";
+    case ErrorCode::pool_exhausted:
+      return "pool_exhausted";
+    case ErrorCode::no_gpu:
+      return "no_gpu";
+    case ErrorCode::forked_child:
+      return "forked_child";
+    case ErrorCode::shutting_down:
+      return "shutting_down";
+    case ErrorCode::device_poisoned:
+      return "device_poisoned";
+    case ErrorCode::runtime_error:
+      return "runtime_error";
+    case ErrorCode::duplicate_key:
+      return "duplicate_key";
+    case ErrorCode::unknown_key:
+      return "unknown_key";
+    case ErrorCode::load_failed:
+      return "load_failed";
+    case ErrorCode::budget_exceeded:
+      return "budget_exceeded";
+    case ErrorCode::timeout:
+      return "timeout";
   }
   return "unknown";
 }
@@ -66,11 +79,11 @@ class Error : public std::runtime_error {
 };
 
 /// Declares a subclass of Error bound to one ErrorCode.
-#define GPUSAFE_DETAIL_ERROR_TYPE(Name, Code)                                \
-  class Name : public Error {                                                \
-   public:                                                                   \
-    explicit Name(const std::string& message, int runtime_code = 0)          \
-        : Error(ErrorCode::Code, message, runtime_code) {}                   \
+#define GPUSAFE_DETAIL_ERROR_TYPE(Name, Code)                       \
+  class Name : public Error {                                       \
+   public:                                                          \
+    explicit Name(const std::string& message, int runtime_code = 0) \
+        : Error(ErrorCode::Code, message, runtime_code) {}          \
   }
 
 GPUSAFE_DETAIL_ERROR_TYPE(InvalidArgument, invalid_argument);

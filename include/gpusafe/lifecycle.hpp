@@ -52,9 +52,10 @@ inline bool device_is_poisoned(int device) noexcept { return detail::is_poisoned
 /// mark. Throws InvalidArgument for a negative index.
 inline void notify_device_reset(int device) {
   if (device < 0 || device >= detail::kMaxDevices)
-    throw InvalidArgument("notify_device_reset(" + std::to_string(device) +
-                          "): device index out of range; pass the index given to cudaSetDevice (0.." +
-                          std::to_string(detail::kMaxDevices - 1) + ")");
+    throw InvalidArgument(
+        "notify_device_reset(" + std::to_string(device) +
+        "): device index out of range; pass the index given to cudaSetDevice (0.." +
+        std::to_string(detail::kMaxDevices - 1) + ")");
   detail::bump_epoch(device);
 }
 
@@ -104,12 +105,12 @@ class Reclaimable {
 
 /// One outstanding allocation (a lease nobody gave back yet), for leak reports.
 struct LeakRecord {
-  std::string resource;               ///< the pool (or other resource) that handed it out
-  std::string file;                   ///< where it was taken; empty when not tracked
+  std::string resource;  ///< the pool (or other resource) that handed it out
+  std::string file;      ///< where it was taken; empty when not tracked
   int line = 0;
-  std::string tag;                    ///< the caller's label, if any
+  std::string tag;  ///< the caller's label, if any
   std::size_t bytes = 0;
-  std::chrono::nanoseconds age{0};    ///< how long ago it was taken
+  std::chrono::nanoseconds age{0};  ///< how long ago it was taken
 };
 
 /// Optional interface for a Reclaimable that tracks what it handed out (a pool with its lease

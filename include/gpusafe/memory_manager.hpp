@@ -20,9 +20,8 @@
 #ifndef GPUSAFE_MEMORY_MANAGER_HPP
 #define GPUSAFE_MEMORY_MANAGER_HPP
 
-#include <unistd.h>
-
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>

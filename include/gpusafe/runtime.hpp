@@ -35,9 +35,12 @@ enum class MemoryKind { device, pinned_host, host };
 
 constexpr const char* to_string(MemoryKind kind) noexcept {
   switch (kind) {
-    case MemoryKind::device: return "device";
-    case MemoryKind::pinned_host: return "pinned_host";
-    case MemoryKind::host: return "host";
+    case MemoryKind::device:
+      return "device";
+    case MemoryKind::pinned_host:
+      return "pinned_host";
+    case MemoryKind::host:
+      return "host";
   }
   return "?";
 }
@@ -88,14 +91,22 @@ enum class ErrorClass {
 
 constexpr const char* to_string(ErrorClass c) noexcept {
   switch (c) {
-    case ErrorClass::success: return "success";
-    case ErrorClass::not_ready: return "not_ready";
-    case ErrorClass::benign_at_shutdown: return "benign_at_shutdown";
-    case ErrorClass::no_gpu: return "no_gpu";
-    case ErrorClass::out_of_memory: return "out_of_memory";
-    case ErrorClass::sticky: return "sticky";
-    case ErrorClass::usage: return "usage";
-    case ErrorClass::other: return "other";
+    case ErrorClass::success:
+      return "success";
+    case ErrorClass::not_ready:
+      return "not_ready";
+    case ErrorClass::benign_at_shutdown:
+      return "benign_at_shutdown";
+    case ErrorClass::no_gpu:
+      return "no_gpu";
+    case ErrorClass::out_of_memory:
+      return "out_of_memory";
+    case ErrorClass::sticky:
+      return "sticky";
+    case ErrorClass::usage:
+      return "usage";
+    case ErrorClass::other:
+      return "other";
   }
   return "?";
 }
@@ -103,15 +114,20 @@ constexpr const char* to_string(ErrorClass c) noexcept {
 /// Classifies by code, never by message (messages change between CUDA versions).
 constexpr ErrorClass classify(int code) noexcept {
   switch (code) {
-    case codes::success: return ErrorClass::success;
-    case codes::not_ready: return ErrorClass::not_ready;
+    case codes::success:
+      return ErrorClass::success;
+    case codes::not_ready:
+      return ErrorClass::not_ready;
     case codes::cudart_unloading:
-    case codes::context_is_destroyed: return ErrorClass::benign_at_shutdown;
+    case codes::context_is_destroyed:
+      return ErrorClass::benign_at_shutdown;
     case codes::initialization_error:
     case codes::stub_library:
     case codes::insufficient_driver:
-    case codes::no_device: return ErrorClass::no_gpu;
-    case codes::memory_allocation: return ErrorClass::out_of_memory;
+    case codes::no_device:
+      return ErrorClass::no_gpu;
+    case codes::memory_allocation:
+      return ErrorClass::out_of_memory;
     case codes::illegal_address:
     case codes::assert_triggered:
     case codes::hardware_stack_error:
@@ -119,36 +135,57 @@ constexpr ErrorClass classify(int code) noexcept {
     case codes::misaligned_address:
     case codes::invalid_address_space:
     case codes::invalid_pc:
-    case codes::launch_failure: return ErrorClass::sticky;
+    case codes::launch_failure:
+      return ErrorClass::sticky;
     case codes::invalid_value:
     case codes::invalid_device:
     case codes::device_uninitialized:
-    case codes::invalid_resource_handle: return ErrorClass::usage;
-    default: return ErrorClass::other;
+    case codes::invalid_resource_handle:
+      return ErrorClass::usage;
+    default:
+      return ErrorClass::other;
   }
 }
 
 /// A readable name for the codes above ("cudaErrorNoDevice"); "cudaError" for others.
 constexpr const char* code_name(int code) noexcept {
   switch (code) {
-    case codes::success: return "cudaSuccess";
-    case codes::invalid_value: return "cudaErrorInvalidValue";
-    case codes::memory_allocation: return "cudaErrorMemoryAllocation";
-    case codes::initialization_error: return "cudaErrorInitializationError";
-    case codes::cudart_unloading: return "cudaErrorCudartUnloading";
-    case codes::stub_library: return "cudaErrorStubLibrary";
-    case codes::insufficient_driver: return "cudaErrorInsufficientDriver";
-    case codes::no_device: return "cudaErrorNoDevice";
-    case codes::invalid_device: return "cudaErrorInvalidDevice";
-    case codes::device_uninitialized: return "cudaErrorDeviceUninitialized";
-    case codes::invalid_resource_handle: return "cudaErrorInvalidResourceHandle";
-    case codes::not_ready: return "cudaErrorNotReady";
-    case codes::illegal_address: return "cudaErrorIllegalAddress";
-    case codes::context_is_destroyed: return "cudaErrorContextIsDestroyed";
-    case codes::assert_triggered: return "cudaErrorAssert";
-    case codes::launch_failure: return "cudaErrorLaunchFailure";
-    case codes::unknown: return "cudaErrorUnknown";
-    default: return "cudaError";
+    case codes::success:
+      return "cudaSuccess";
+    case codes::invalid_value:
+      return "cudaErrorInvalidValue";
+    case codes::memory_allocation:
+      return "cudaErrorMemoryAllocation";
+    case codes::initialization_error:
+      return "cudaErrorInitializationError";
+    case codes::cudart_unloading:
+      return "cudaErrorCudartUnloading";
+    case codes::stub_library:
+      return "cudaErrorStubLibrary";
+    case codes::insufficient_driver:
+      return "cudaErrorInsufficientDriver";
+    case codes::no_device:
+      return "cudaErrorNoDevice";
+    case codes::invalid_device:
+      return "cudaErrorInvalidDevice";
+    case codes::device_uninitialized:
+      return "cudaErrorDeviceUninitialized";
+    case codes::invalid_resource_handle:
+      return "cudaErrorInvalidResourceHandle";
+    case codes::not_ready:
+      return "cudaErrorNotReady";
+    case codes::illegal_address:
+      return "cudaErrorIllegalAddress";
+    case codes::context_is_destroyed:
+      return "cudaErrorContextIsDestroyed";
+    case codes::assert_triggered:
+      return "cudaErrorAssert";
+    case codes::launch_failure:
+      return "cudaErrorLaunchFailure";
+    case codes::unknown:
+      return "cudaErrorUnknown";
+    default:
+      return "cudaError";
   }
 }
 
@@ -158,7 +195,9 @@ struct Status {
   constexpr bool ok() const noexcept { return code == codes::success; }
   constexpr ErrorClass error_class() const noexcept { return classify(code); }
   /// "cudaErrorNoDevice (100)"
-  std::string describe() const { return std::string(code_name(code)) + " (" + std::to_string(code) + ")"; }
+  std::string describe() const {
+    return std::string(code_name(code)) + " (" + std::to_string(code) + ")";
+  }
 };
 
 /// Device facts a Runtime reports.
@@ -238,13 +277,20 @@ enum class CudaStatus {
 
 constexpr const char* to_string(CudaStatus s) noexcept {
   switch (s) {
-    case CudaStatus::available: return "available";
-    case CudaStatus::not_compiled: return "not compiled (build without GPUSAFE_WITH_CUDA)";
-    case CudaStatus::no_driver: return "no driver (no NVIDIA driver, or one too old)";
-    case CudaStatus::no_device: return "no device visible";
-    case CudaStatus::forked_child: return "forked child (CUDA cannot be used after fork)";
-    case CudaStatus::exiting: return "process is exiting";
-    case CudaStatus::error: return "runtime error while probing";
+    case CudaStatus::available:
+      return "available";
+    case CudaStatus::not_compiled:
+      return "not compiled (build without GPUSAFE_WITH_CUDA)";
+    case CudaStatus::no_driver:
+      return "no driver (no NVIDIA driver, or one too old)";
+    case CudaStatus::no_device:
+      return "no device visible";
+    case CudaStatus::forked_child:
+      return "forked child (CUDA cannot be used after fork)";
+    case CudaStatus::exiting:
+      return "process is exiting";
+    case CudaStatus::error:
+      return "runtime error while probing";
   }
   return "?";
 }
@@ -253,9 +299,12 @@ namespace detail {
 
 inline CudaStatus cuda_status_from_state(int state) noexcept {
   switch (state) {
-    case kCudaForkedChild: return CudaStatus::forked_child;
-    case kCudaExiting: return CudaStatus::exiting;
-    default: return static_cast<CudaStatus>(state);
+    case kCudaForkedChild:
+      return CudaStatus::forked_child;
+    case kCudaExiting:
+      return CudaStatus::exiting;
+    default:
+      return static_cast<CudaStatus>(state);
   }
 }
 
@@ -270,9 +319,12 @@ inline int probe_cuda() noexcept {
   (void)cudaGetLastError();  // clear the non-sticky error the probe left behind
   switch (classify(static_cast<int>(rc))) {
     case ErrorClass::no_gpu:
-      return static_cast<int>(rc == cudaErrorNoDevice ? CudaStatus::no_device : CudaStatus::no_driver);
-    case ErrorClass::success: return static_cast<int>(CudaStatus::no_device);
-    default: return static_cast<int>(CudaStatus::error);
+      return static_cast<int>(rc == cudaErrorNoDevice ? CudaStatus::no_device
+                                                      : CudaStatus::no_driver);
+    case ErrorClass::success:
+      return static_cast<int>(CudaStatus::no_device);
+    default:
+      return static_cast<int>(CudaStatus::error);
   }
 #else
   return static_cast<int>(CudaStatus::not_compiled);
@@ -298,7 +350,8 @@ inline CudaStatus cuda_status() noexcept {
 /// a forked child nor exiting. One atomic load after the first call.
 inline bool is_cuda_available() noexcept {
   const int s = detail::process_state().cuda_state.load(std::memory_order_acquire);
-  if (GPUSAFE_LIKELY(s != detail::kCudaUnknown)) return s == static_cast<int>(CudaStatus::available);
+  if (GPUSAFE_LIKELY(s != detail::kCudaUnknown))
+    return s == static_cast<int>(CudaStatus::available);
   return cuda_status() == CudaStatus::available;
 }
 
@@ -317,21 +370,28 @@ struct CudaRuntime {
   static Status allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
     *out = nullptr;
     switch (kind) {
-      case MemoryKind::host: return HostRuntime::allocate(kind, device, bytes, out);
-      case MemoryKind::pinned_host: return call(cudaMallocHost(out, bytes), device);
-      case MemoryKind::device: return call(cudaMalloc(out, bytes), device);
+      case MemoryKind::host:
+        return HostRuntime::allocate(kind, device, bytes, out);
+      case MemoryKind::pinned_host:
+        return call(cudaMallocHost(out, bytes), device);
+      case MemoryKind::device:
+        return call(cudaMalloc(out, bytes), device);
     }
     return {codes::invalid_value};
   }
   static Status deallocate(MemoryKind kind, int device, void* p) noexcept {
     switch (kind) {
-      case MemoryKind::host: return HostRuntime::deallocate(kind, device, p);
-      case MemoryKind::pinned_host: return call(cudaFreeHost(p), device);
-      case MemoryKind::device: return call(cudaFree(p), device);
+      case MemoryKind::host:
+        return HostRuntime::deallocate(kind, device, p);
+      case MemoryKind::pinned_host:
+        return call(cudaFreeHost(p), device);
+      case MemoryKind::device:
+        return call(cudaFree(p), device);
     }
     return {codes::invalid_value};
   }
-  static Status memory_info(int device, std::size_t& free_bytes, std::size_t& total_bytes) noexcept {
+  static Status memory_info(int device, std::size_t& free_bytes,
+                            std::size_t& total_bytes) noexcept {
     free_bytes = total_bytes = 0;
     int previous = 0;
     if (cudaGetDevice(&previous) != cudaSuccess) return call(cudaGetLastError(), device);
@@ -346,7 +406,8 @@ struct CudaRuntime {
   static Status synchronize(int device) noexcept {
     int previous = 0;
     if (cudaGetDevice(&previous) != cudaSuccess) return call(cudaGetLastError(), device);
-    if (previous != device && cudaSetDevice(device) != cudaSuccess) return call(cudaGetLastError(), device);
+    if (previous != device && cudaSetDevice(device) != cudaSuccess)
+      return call(cudaGetLastError(), device);
     const Status s = call(cudaDeviceSynchronize(), device);
     if (previous != device) (void)cudaSetDevice(previous);
     return s;
@@ -377,7 +438,8 @@ struct CudaRuntime {
     return call(cudaEventDestroy(static_cast<cudaEvent_t>(event)), -1);
   }
   static Status event_record(EventHandle event, StreamHandle stream) noexcept {
-    return call(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)), -1);
+    return call(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)),
+                -1);
   }
   static Status event_query(EventHandle event) noexcept {
     return call(cudaEventQuery(static_cast<cudaEvent_t>(event)), -1);
@@ -418,16 +480,19 @@ struct DeviceInfo {
 };
 
 /// Throws the Error subclass that matches a failed Status. `what` names the request.
-[[noreturn]] inline void throw_status(Status s, const std::string& what, const std::string& fix = {}) {
+[[noreturn]] inline void throw_status(Status s, const std::string& what,
+                                      const std::string& fix = {}) {
   std::string message = what + ": " + s.describe();
   switch (s.error_class()) {
     case ErrorClass::out_of_memory:
-      throw OutOfMemory(message + "; " + (fix.empty() ? "free memory or ask for less" : fix), s.code);
+      throw OutOfMemory(message + "; " + (fix.empty() ? "free memory or ask for less" : fix),
+                        s.code);
     case ErrorClass::no_gpu:
       throw NoGpu(message + "; no usable GPU (check the driver and CUDA_VISIBLE_DEVICES)", s.code);
     case ErrorClass::sticky:
-      throw DevicePoisoned(message + "; the CUDA context is poisoned by an earlier kernel fault: "
-                                     "reset the device and call gpusafe::notify_device_reset()",
+      throw DevicePoisoned(message +
+                               "; the CUDA context is poisoned by an earlier kernel fault: "
+                               "reset the device and call gpusafe::notify_device_reset()",
                            s.code);
     case ErrorClass::benign_at_shutdown:
       throw ShuttingDown(message + "; the CUDA runtime is shutting down", s.code);
@@ -447,16 +512,19 @@ inline void throw_on_failure(Status s, const std::string& what, const std::strin
 /// with a message naming `what`.
 inline void check_gpu_request(int device, const std::string& what) {
   if (detail::is_forked_child())
-    throw ForkedChild(what + ": this process was forked after gpusafe started; CUDA cannot be "
-                             "used in a forked child. Use CPU paths here, or create GPU resources "
-                             "only after fork (or use spawn/exec instead)");
+    throw ForkedChild(what +
+                      ": this process was forked after gpusafe started; CUDA cannot be "
+                      "used in a forked child. Use CPU paths here, or create GPU resources "
+                      "only after fork (or use spawn/exec instead)");
   if (detail::is_exiting())
-    throw ShuttingDown(what + ": the process is exiting and the GPU runtime may already be torn "
-                              "down; create GPU resources before exit begins");
+    throw ShuttingDown(what +
+                       ": the process is exiting and the GPU runtime may already be torn "
+                       "down; create GPU resources before exit begins");
   if (detail::is_poisoned(device))
     throw DevicePoisoned(what + ": device " + std::to_string(device) +
                          " hit a sticky CUDA error earlier; reset it (cudaDeviceReset) and call "
-                         "gpusafe::notify_device_reset(" + std::to_string(device) + ")");
+                         "gpusafe::notify_device_reset(" +
+                         std::to_string(device) + ")");
 }
 
 /// What memory a request for `kind` really gets on Runtime: `kind` itself when the GPU is usable

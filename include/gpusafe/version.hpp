@@ -11,10 +11,9 @@
 #define GPUSAFE_DETAIL_STR2(x) #x
 #define GPUSAFE_DETAIL_STR(x) GPUSAFE_DETAIL_STR2(x)
 /// The version as a string literal, "MAJOR.MINOR.PATCH".
-#define GPUSAFE_VERSION_STRING                                                   \
-  GPUSAFE_DETAIL_STR(GPUSAFE_VERSION_MAJOR)                                      \
-  "." GPUSAFE_DETAIL_STR(GPUSAFE_VERSION_MINOR) "." GPUSAFE_DETAIL_STR( \
-      GPUSAFE_VERSION_PATCH)
+#define GPUSAFE_VERSION_STRING              \
+  GPUSAFE_DETAIL_STR(GPUSAFE_VERSION_MAJOR) \
+  "." GPUSAFE_DETAIL_STR(GPUSAFE_VERSION_MINOR) "." GPUSAFE_DETAIL_STR(GPUSAFE_VERSION_PATCH)
 
 namespace gpusafe {
 /// The library's version, "MAJOR.MINOR.PATCH".

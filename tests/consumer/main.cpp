@@ -5,7 +5,6 @@
 //                         says (gpusafe::gpusafe and a bare include/ copy define nothing)
 //   GPUSAFE_EXPECT_TORCH  0 or 1; 0 when not defined
 #include <gpusafe/gpusafe.hpp>
-
 #include <iostream>
 
 #if defined(GPUSAFE_WITH_CUDA) && GPUSAFE_WITH_CUDA
@@ -44,8 +43,8 @@ int main() {
     ++failures;
   }
   if (CONSUMER_HAS_TORCH != GPUSAFE_EXPECT_TORCH) {
-    std::cerr << CONSUMER_NAME << ": GPUSAFE_WITH_TORCH is " << CONSUMER_HAS_TORCH
-              << ", expected " << GPUSAFE_EXPECT_TORCH << "\n";
+    std::cerr << CONSUMER_NAME << ": GPUSAFE_WITH_TORCH is " << CONSUMER_HAS_TORCH << ", expected "
+              << GPUSAFE_EXPECT_TORCH << "\n";
     ++failures;
   }
   std::cout << CONSUMER_NAME << ": gpusafe " << gpusafe::version_string()

@@ -63,9 +63,9 @@ TEST_F(RealGpu, SlotIsNotReusedBeforeTheStreamFinishes) {
   ASSERT_TRUE(later);
   EXPECT_EQ(later.data(), first_address);
   std::vector<std::uint32_t> host(kWords);
-  ASSERT_EQ(cudaMemcpy(host.data(), later.data(), kWords * sizeof(std::uint32_t),
-                       cudaMemcpyDeviceToHost),
-            cudaSuccess);
+  ASSERT_EQ(
+      cudaMemcpy(host.data(), later.data(), kWords * sizeof(std::uint32_t), cudaMemcpyDeviceToHost),
+      cudaSuccess);
   EXPECT_EQ(host.front(), 0xC0FFEEu);
   EXPECT_EQ(host.back(), 0xC0FFEEu);
   later.release();

@@ -425,7 +425,8 @@ TEST(FakeRuntimeBadInput, UnknownDeviceIndexIsATypedErrorNamingTheValidRange) {
       FakeRuntime::set_memory_info(bad, 1, 2);
       FAIL() << "set_memory_info(" << bad << ") accepted";
     } catch (const gs::InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find("valid indices are 0..1"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("valid indices are 0..1"), std::string::npos)
+          << e.what();
     }
     EXPECT_THROW(FakeRuntime::clear_memory_info(bad), gs::InvalidArgument);
     EXPECT_THROW(FakeRuntime::bytes_in_use(bad), gs::InvalidArgument);

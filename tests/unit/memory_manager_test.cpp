@@ -941,7 +941,8 @@ TEST_F(MemoryManagerTest, LeakReportListsPoolLeasesWithWhereTheyWereTaken) {
   auto anonymous = untracked.acquire(1000);
   const auto report = m.leak_report();
   ASSERT_EQ(report.records.size(), 2u);
-  const auto& named = report.records[0].resource == "frames" ? report.records[0] : report.records[1];
+  const auto& named =
+      report.records[0].resource == "frames" ? report.records[0] : report.records[1];
   const auto& counted = &named == &report.records[0] ? report.records[1] : report.records[0];
   EXPECT_EQ(named.tag, "decode");
   EXPECT_EQ(named.line, decode_line);

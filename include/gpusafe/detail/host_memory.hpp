@@ -20,7 +20,8 @@ namespace detail {
 constexpr std::size_t kRuntimeAlignment = 256;
 
 inline void* host_allocate(std::size_t bytes) noexcept {
-  const std::size_t rounded = (bytes + kRuntimeAlignment - 1) / kRuntimeAlignment * kRuntimeAlignment;
+  const std::size_t rounded =
+      (bytes + kRuntimeAlignment - 1) / kRuntimeAlignment * kRuntimeAlignment;
   if (rounded < bytes) return nullptr;  // overflowed
   return std::aligned_alloc(kRuntimeAlignment, rounded == 0 ? kRuntimeAlignment : rounded);
 }

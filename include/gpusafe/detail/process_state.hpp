@@ -88,7 +88,9 @@ inline bool is_forked_child() noexcept {
   return st.forked_child.load(std::memory_order_relaxed) || st.pid != ::getpid();
 }
 
-inline bool is_exiting() noexcept { return process_state().exiting.load(std::memory_order_acquire); }
+inline bool is_exiting() noexcept {
+  return process_state().exiting.load(std::memory_order_acquire);
+}
 
 inline void mark_exiting() noexcept {
   auto& st = process_state();

@@ -42,13 +42,13 @@ namespace testing {
 /// Whole-runtime failure modes; the value is the code every call returns.
 enum class FakeMode : int {
   normal = 0,
-  forked_child = codes::initialization_error,     // 3
-  runtime_unloading = codes::cudart_unloading,   // 4
-  no_driver = codes::insufficient_driver,        // 35
-  no_device = codes::no_device,                  // 100
-  sticky = codes::illegal_address,               // 700
+  forked_child = codes::initialization_error,       // 3
+  runtime_unloading = codes::cudart_unloading,      // 4
+  no_driver = codes::insufficient_driver,           // 35
+  no_device = codes::no_device,                     // 100
+  sticky = codes::illegal_address,                  // 700
   context_destroyed = codes::context_is_destroyed,  // 709
-  trap = -1,                                     // abort() on any call
+  trap = -1,                                        // abort() on any call
 };
 
 /// The operations of the Runtime concept, for counters and per-call faults.
@@ -69,10 +69,10 @@ enum class FakeOp : int {
 };
 
 constexpr const char* to_string(FakeOp op) noexcept {
-  constexpr const char* names[] = {"device_count", "allocate",          "deallocate",
-                                   "memory_info",  "synchronize",       "get_device",
-                                   "set_device",   "device_properties", "event_create",
-                                   "event_destroy", "event_record",     "event_query"};
+  constexpr const char* names[] = {"device_count",  "allocate",          "deallocate",
+                                   "memory_info",   "synchronize",       "get_device",
+                                   "set_device",    "device_properties", "event_create",
+                                   "event_destroy", "event_record",      "event_query"};
   return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
 }
 
@@ -103,8 +103,8 @@ inline std::size_t page_rounded(std::size_t bytes) noexcept {
 struct Fault {
   FakeOp op;
   int code;
-  std::uint64_t skip;   // calls of op to let through first
-  std::int64_t times;   // failures left; -1 = forever
+  std::uint64_t skip;  // calls of op to let through first
+  std::int64_t times;  // failures left; -1 = forever
 };
 
 struct Stream {
@@ -159,7 +159,8 @@ inline int enter(FakeOp op) noexcept {
     // Like cudart: teardown registered at the first call, before gpusafe's exit handler.
     std::atexit(&teardown);
     // gpusafe's exit flag must flip before this teardown even when another runtime's first call
-    // registered the exit handler earlier (atexit runs in reverse order; marking twice is harmless).
+    // registered the exit handler earlier (atexit runs in reverse order; marking twice is
+    // harmless).
     std::atexit(&gpusafe::detail::exit_handler);
     gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
   }
@@ -201,7 +202,8 @@ class FakeRuntime {
   /// Starts over: `devices` devices of `capacity` bytes, normal mode, no faults, zero counters.
   /// Live allocations stay valid (and still count against their device).
   static void reset(int devices = 1, std::size_t capacity = std::size_t{1} << 30) {
-    if (devices < 0) throw InvalidArgument("FakeRuntime::reset: negative device count; pass 0 or more");
+    if (devices < 0)
+      throw InvalidArgument("FakeRuntime::reset: negative device count; pass 0 or more");
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     std::vector<std::size_t> used(static_cast<std::size_t>(devices), 0);
@@ -209,7 +211,8 @@ class FakeRuntime {
       if (a.second.kind == MemoryKind::device && a.second.device < devices)
         used[static_cast<std::size_t>(a.second.device)] += a.second.bytes;
     st.devices.assign(static_cast<std::size_t>(devices), detail_fake::Device{capacity});
-    for (int i = 0; i < devices; ++i) st.devices[static_cast<std::size_t>(i)].used = used[static_cast<std::size_t>(i)];
+    for (int i = 0; i < devices; ++i)
+      st.devices[static_cast<std::size_t>(i)].used = used[static_cast<std::size_t>(i)];
     st.device_count.store(devices);
     st.mode.store(0);
     st.faults.clear();
@@ -234,7 +237,8 @@ class FakeRuntime {
 
   /// The k-th allocation from now (1-based) fails with `code` (default: out of memory).
   static void fail_nth_allocation(std::uint64_t k, int code = codes::memory_allocation) {
-    if (k == 0) throw InvalidArgument("FakeRuntime::fail_nth_allocation(0): k is 1-based; pass 1 or more");
+    if (k == 0)
+      throw InvalidArgument("FakeRuntime::fail_nth_allocation(0): k is 1-based; pass 1 or more");
     fail_call(FakeOp::allocate, code, k - 1, 1);
   }
 
@@ -264,20 +268,26 @@ class FakeRuntime {
   static void protect_device_memory(bool on = true) noexcept { state().protect_device.store(on); }
 
   /// After the runtime's teardown, any call aborts the process (with a message on stderr).
-  static void trap_after_teardown(bool on = true) noexcept { state().trap_after_teardown.store(on); }
+  static void trap_after_teardown(bool on = true) noexcept {
+    state().trap_after_teardown.store(on);
+  }
   static bool torn_down() noexcept { return state().torn_down.load(); }
   /// Whether the first call (which registers the teardown) has happened.
   static bool started() noexcept { return state().started.load(); }
 
   // ---- observation ---------------------------------------------------------------------------
 
-  static std::uint64_t calls(FakeOp op) noexcept { return state().calls[static_cast<int>(op)].load(); }
+  static std::uint64_t calls(FakeOp op) noexcept {
+    return state().calls[static_cast<int>(op)].load();
+  }
   static std::uint64_t total_calls() noexcept {
     std::uint64_t n = 0;
     for (const auto& c : state().calls) n += c.load();
     return n;
   }
-  static std::uint64_t calls_after_teardown() noexcept { return state().calls_after_teardown.load(); }
+  static std::uint64_t calls_after_teardown() noexcept {
+    return state().calls_after_teardown.load();
+  }
   /// deallocate() of a pointer that is not live (a double free, or a foreign pointer).
   static std::uint64_t invalid_frees() noexcept { return state().invalid_frees.load(); }
   static std::size_t live_allocations() {
@@ -294,9 +304,13 @@ class FakeRuntime {
   // ---- simulated streams ---------------------------------------------------------------------
 
   static StreamHandle create_stream() { return new detail_fake::Stream(); }
-  static void destroy_stream(StreamHandle s) noexcept { delete static_cast<detail_fake::Stream*>(s); }
+  static void destroy_stream(StreamHandle s) noexcept {
+    delete static_cast<detail_fake::Stream*>(s);
+  }
   /// Simulates a kernel launched on `s`: events recorded after it stay pending until completion.
-  static void enqueue_work(StreamHandle s) noexcept { ++static_cast<detail_fake::Stream*>(s)->enqueued; }
+  static void enqueue_work(StreamHandle s) noexcept {
+    ++static_cast<detail_fake::Stream*>(s)->enqueued;
+  }
   /// All work enqueued on `s` so far is done.
   static void complete_stream(StreamHandle s) noexcept {
     auto* st = static_cast<detail_fake::Stream*>(s);
@@ -330,7 +344,8 @@ class FakeRuntime {
     return finish(FakeOp::deallocate, device, [&] { return do_deallocate(kind, p); });
   }
 
-  static Status memory_info(int device, std::size_t& free_bytes, std::size_t& total_bytes) noexcept {
+  static Status memory_info(int device, std::size_t& free_bytes,
+                            std::size_t& total_bytes) noexcept {
     free_bytes = total_bytes = 0;
     return finish(FakeOp::memory_info, device, [&] {
       if (!detail_fake::valid_device(device)) return codes::invalid_device;
