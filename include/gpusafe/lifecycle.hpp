@@ -127,7 +127,11 @@ namespace detail {
 struct RegistryEntry {
   // Recursive: a reclaim() may unregister or re-register its own resource.
   std::recursive_mutex mutex;
+  // A resource registered by reference: reclaimed under `mutex`, so that unregistering waits.
   Reclaimable* target = nullptr;
+  // A resource registered by shared handle: reclaimed with no registry lock held, so that its
+  // callbacks and destructors may take the program's own locks.
+  std::weak_ptr<Reclaimable> shared_target;
   ReclaimCost cost = ReclaimCost::idle_memory;
 };
 
@@ -175,14 +179,19 @@ inline std::vector<std::shared_ptr<RegistryEntry>> registry_snapshot() {
 class ReclaimRegistration {
  public:
   ReclaimRegistration() = default;
+  /// Registers `target` by reference: it must outlive the registration, whose reset() waits
+  /// for a reclaim of it running on another thread.
   explicit ReclaimRegistration(Reclaimable& target) {
-    detail::install_registry_fork_handlers();
-    entry_ = std::make_shared<detail::RegistryEntry>();
-    entry_->target = &target;
-    entry_->cost = target.reclaim_cost();
-    auto& reg = detail::registry();
-    std::lock_guard<std::mutex> lock(reg.mutex);
-    reg.entries.push_back(entry_);
+    auto entry = std::make_shared<detail::RegistryEntry>();
+    entry->target = &target;
+    add(std::move(entry), target.reclaim_cost());
+  }
+  /// Registers a shared resource: the registry holds it only while reclaiming it, and calls it
+  /// with no lock of its own held (pools and caches, whose cores outlive their owners safely).
+  explicit ReclaimRegistration(std::shared_ptr<Reclaimable> target) {
+    auto entry = std::make_shared<detail::RegistryEntry>();
+    entry->shared_target = target;
+    add(std::move(entry), target->reclaim_cost());
   }
   ReclaimRegistration(ReclaimRegistration&& other) noexcept : entry_(std::move(other.entry_)) {}
   ReclaimRegistration& operator=(ReclaimRegistration&& other) noexcept {
@@ -200,6 +209,7 @@ class ReclaimRegistration {
     {
       std::lock_guard<std::recursive_mutex> lock(entry_->mutex);
       entry_->target = nullptr;
+      entry_->shared_target.reset();
     }
     auto& reg = detail::registry();
     {
@@ -212,6 +222,15 @@ class ReclaimRegistration {
   bool active() const noexcept { return entry_ != nullptr; }
 
  private:
+  void add(std::shared_ptr<detail::RegistryEntry> entry, ReclaimCost cost) {
+    detail::install_registry_fork_handlers();
+    entry->cost = cost;
+    auto& reg = detail::registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    reg.entries.push_back(entry);
+    entry_ = std::move(entry);
+  }
+
   std::shared_ptr<detail::RegistryEntry> entry_;
 };
 
@@ -222,11 +241,18 @@ inline std::size_t reclaim_all(const ReclaimRequest& request = {}) noexcept {
   try {
     for (const auto& entry : detail::registry_snapshot()) {
       if (released >= request.bytes_goal) break;
-      std::lock_guard<std::recursive_mutex> lock(entry->mutex);
-      if (!entry->target) continue;
       ReclaimRequest remaining = request;
       remaining.bytes_goal = request.bytes_goal - released;
-      released += entry->target->reclaim(remaining);
+      std::shared_ptr<Reclaimable> shared;
+      {
+        std::lock_guard<std::recursive_mutex> lock(entry->mutex);
+        if (entry->target) {
+          released += entry->target->reclaim(remaining);
+          continue;
+        }
+        shared = entry->shared_target.lock();
+      }
+      if (shared) released += shared->reclaim(remaining);
     }
   } catch (...) {
     log(LogLevel::error, "reclaim_all: out of memory while listing resources; nothing reclaimed");

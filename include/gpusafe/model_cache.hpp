@@ -21,6 +21,8 @@
 #ifndef GPUSAFE_MODEL_CACHE_HPP
 #define GPUSAFE_MODEL_CACHE_HPP
 
+#include <pthread.h>
+
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -202,8 +204,18 @@ inline void model_cache_reset_locks_in_child() noexcept {
   for (auto* owner : list.owners) owner->reinit_locks_in_child();
 }
 
+// The list lock is a leaf lock: the forking thread holds it across fork() so that the child never
+// sees the list half-changed (the child hook then re-creates it).
+inline void model_cache_lock_list_before_fork() noexcept { model_cache_fork_list().mutex.lock(); }
+inline void model_cache_unlock_list_after_fork() noexcept {
+  model_cache_fork_list().mutex.unlock();
+}
+
 inline void model_cache_track(ModelCacheLockOwner* owner) {
-  static const bool hooked = (add_fork_child_hook(&model_cache_reset_locks_in_child), true);
+  static const bool hooked =
+      (::pthread_atfork(&model_cache_lock_list_before_fork, &model_cache_unlock_list_after_fork,
+                        nullptr),
+       add_fork_child_hook(&model_cache_reset_locks_in_child), true);
   (void)hooked;
   auto& list = model_cache_fork_list();
   std::lock_guard<std::mutex> lock(list.mutex);
@@ -229,6 +241,27 @@ inline unsigned model_cache_thread_slot() noexcept {
   static thread_local unsigned slot = 0;
   if (GPUSAFE_UNLIKELY(slot == 0)) slot = next.fetch_add(1, std::memory_order_relaxed) + 1;
   return slot;
+}
+
+// One load running on this thread (the frames form a stack through nested gets in loaders).
+struct ModelCacheLoadFrame {
+  const void* core;
+  std::size_t reserved;
+  ModelCacheLoadFrame* outer;
+};
+
+inline ModelCacheLoadFrame*& model_cache_load_frames() noexcept {
+  static thread_local ModelCacheLoadFrame* top = nullptr;
+  return top;
+}
+
+// Bytes reserved against `core` by loads running on this thread, which a nested get must not
+// wait for: they end only after it returns.
+inline std::size_t model_cache_own_reservations(const void* core) noexcept {
+  std::size_t sum = 0;
+  for (auto* f = model_cache_load_frames(); f; f = f->outer)
+    if (f->core == core) sum += f->reserved;
+  return sum;
 }
 
 /// Shared with every handle: bytes of models removed from the cache but still held.
@@ -904,8 +937,9 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
           const bool must_cache =
               e.residency == Residency::primary || options_.oversize == OversizePolicy::throw_error;
           if (hint > options_.byte_budget || !make_room(hint, g)) {
-            if (hint <= options_.byte_budget && reserved_ > 0) {
-              // Loads in progress hold reservations; retry once one of them finishes.
+            if (hint <= options_.byte_budget &&
+                reserved_ > model_cache_own_reservations(this)) {
+              // Other threads' loads hold reservations; retry once one of them finishes.
               const std::uint64_t gen = generation();
               lock.unlock();
               g.finish(prefix("get"));

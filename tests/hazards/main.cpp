@@ -105,8 +105,15 @@ ChildResult spawn_child(const std::string& scenario, const char* exit_name) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // Its own process group, so the watchdog also kills what it forked (an orphaned grandchild
+  // would otherwise keep the pipes, and the test runner, waiting).
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attributes, 0);
   pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
+  const int rc = ::posix_spawn(&pid, self.c_str(), &actions, &attributes, argv.data(), environ);
+  posix_spawnattr_destroy(&attributes);
   posix_spawn_file_actions_destroy(&actions);
   ::close(pipe_fds[1]);
   if (rc != 0) {
@@ -123,7 +130,7 @@ ChildResult spawn_child(const std::string& scenario, const char* exit_name) {
                           .count();
     if (left <= 0) {
       result.timed_out = true;
-      ::kill(pid, SIGKILL);
+      ::kill(-pid, SIGKILL);
       break;
     }
     pollfd pfd{pipe_fds[0], POLLIN, 0};
@@ -145,10 +152,11 @@ ChildResult spawn_child(const std::string& scenario, const char* exit_name) {
     if (w < 0 && errno != EINTR) break;
     if (std::chrono::steady_clock::now() >= deadline && !result.timed_out) {
       result.timed_out = true;
-      ::kill(pid, SIGKILL);
+      ::kill(-pid, SIGKILL);
     }
     ::usleep(2000);
   }
+  ::kill(-pid, SIGKILL);  // anything of the group still alive (the child itself has been reaped)
   return result;
 }
 

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -548,6 +549,51 @@ TEST(Registry, ConcurrentRegistrationAndReclaim) {
 
 namespace {
 std::atomic<int> g_destroyed{0};
+// A shared resource whose reclaim takes a lock of the program's own (as a cache's eviction
+// callback may).
+class LockingReclaimable : public gs::Reclaimable {
+ public:
+  explicit LockingReclaimable(std::mutex& m) : m_(m) {}
+  std::size_t reclaim(const gs::ReclaimRequest&) noexcept override {
+    entered = true;
+    std::lock_guard<std::mutex> lock(m_);
+    return 1;
+  }
+  std::atomic<bool> entered{false};
+
+ private:
+  std::mutex& m_;
+};
+
+TEST(Registry, SharedResourceIsReclaimedWithNoRegistryLockHeld) {
+  std::mutex program_lock;
+  auto resource = std::make_shared<LockingReclaimable>(program_lock);
+  auto registration = std::make_unique<gs::ReclaimRegistration>(
+      std::static_pointer_cast<gs::Reclaimable>(resource));
+  std::unique_lock<std::mutex> held(program_lock);
+  // reclaim_all blocks inside the resource, on the program's lock...
+  auto reclaiming = std::async(std::launch::async, [] { return gs::reclaim_all(); });
+  while (!resource->entered) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // ...while the lock's holder unregisters the resource: that must not wait for the reclaim.
+  auto unregistering = std::async(std::launch::async, [&] { registration.reset(); });
+  const bool unregistered =
+      unregistering.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  held.unlock();
+  EXPECT_TRUE(unregistered) << "unregistering waited for a reclaim blocked on the caller's lock";
+  EXPECT_GE(reclaiming.get(), 1u);
+  unregistering.wait();
+  EXPECT_EQ(gs::reclaim_all(), 0u);  // gone from the registry
+}
+
+TEST(Registry, SharedResourceDyingFirstIsSkipped) {
+  std::mutex m;
+  auto resource = std::make_shared<LockingReclaimable>(m);
+  gs::ReclaimRegistration registration(std::static_pointer_cast<gs::Reclaimable>(resource));
+  EXPECT_EQ(gs::reclaim_all(), 1u);
+  resource.reset();  // the registry does not keep it alive
+  EXPECT_EQ(gs::reclaim_all(), 0u);
+}
+
 struct Counted {
   explicit Counted(int v) : value(v) {}
   ~Counted() { ++g_destroyed; }
