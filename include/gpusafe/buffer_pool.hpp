@@ -19,6 +19,8 @@
 #ifndef GPUSAFE_BUFFER_POOL_HPP
 #define GPUSAFE_BUFFER_POOL_HPP
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -191,6 +193,11 @@ inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
   }
 }
 
+// The list lock is a leaf lock: the forking thread holds it across fork() so the child never
+// inherits the list half-changed (the child re-creates it in reset_pool_locks_in_child).
+inline void lock_pool_core_list() noexcept { pool_core_list().mutex.lock(); }
+inline void unlock_pool_core_list() noexcept { pool_core_list().mutex.unlock(); }
+
 inline void reset_pool_locks_in_child() noexcept {
   new (&abandoned_events().mutex) std::mutex();
   auto& list = pool_core_list();
@@ -199,7 +206,9 @@ inline void reset_pool_locks_in_child() noexcept {
 }
 
 inline void link_pool_core(PoolCoreBase* core) noexcept {
-  static const bool hooked = (add_fork_child_hook(&reset_pool_locks_in_child), true);
+  static const bool hooked =
+      (::pthread_atfork(&lock_pool_core_list, &unlock_pool_core_list, nullptr),
+       add_fork_child_hook(&reset_pool_locks_in_child), true);
   (void)hooked;
   auto& list = pool_core_list();
   std::lock_guard<std::mutex> lock(list.mutex);
@@ -508,12 +517,13 @@ class PoolCore final : public PoolCoreBase {
       for (; made < nclasses_; ++made) {
         PoolClass& c = classes_[made];
         std::unique_ptr<PoolSlab> slab = make_slab_metadata(c);
+        c.slabs.reserve(c.slabs.size() + 1);  // publish() must not throw once memory is held
         allocate_slab(c, *slab);
         publish(c, std::move(slab));
       }
     } catch (...) {
       for (std::size_t i = 0; i < made; ++i) {
-        for (auto& s : classes_[i].slabs) free_slab_memory(*s);
+        for (auto& s : classes_[i].slabs) free_slab_memory(classes_[i], *s);
       }
       throw;
     }
@@ -524,11 +534,14 @@ class PoolCore final : public PoolCoreBase {
     unlink_pool_core(this);
     for (std::size_t i = 0; i < nclasses_; ++i) {
       for (auto& s : classes_[i].slabs) {
-        if (!s->resident) continue;
+        if (!s->resident) {
+          abandon_events(s->events);  // a retired slab keeps its events until now
+          continue;
+        }
         if (slab_is_stale(*s)) {
           drop_slab_memory(*s);
         } else {
-          free_slab_memory(*s);
+          free_slab_memory(classes_[i], *s);
         }
       }
     }
@@ -894,7 +907,7 @@ class PoolCore final : public PoolCoreBase {
   }
 
   /// Gives a slab's memory back to the runtime, or drops it where no runtime call may be made.
-  void free_slab_memory(PoolSlab& s) noexcept {
+  void free_slab_memory(const PoolClass& c, PoolSlab& s) noexcept {
     if (!s.resident) return;
     RuntimeCallGate gate;
     if (gpu_ && (!gate || detail::is_poisoned(options_.device))) {
@@ -903,8 +916,7 @@ class PoolCore final : public PoolCoreBase {
     }
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);
     if (s.events) {
-      const std::size_t n = slab_slot_count(s);
-      for (std::size_t k = 0; k < n; ++k) (void)Runtime::event_destroy(s.events[k]);
+      for (std::size_t k = 0; k < c.count; ++k) (void)Runtime::event_destroy(s.events[k]);
       s.events.reset();
     }
     const Status st = raw_deallocate(s.raw);
@@ -922,13 +934,6 @@ class PoolCore final : public PoolCoreBase {
     s.raw = nullptr;
     s.base = nullptr;
     s.resident = false;
-  }
-
-  std::size_t slab_slot_count(const PoolSlab& s) const noexcept {
-    for (std::size_t i = 0; i < nclasses_; ++i)
-      for (const auto& p : classes_[i].slabs)
-        if (p.get() == &s) return classes_[i].count;
-    return 0;
   }
 
   static std::uint32_t slab_epoch(const PoolSlab& s) noexcept {
@@ -1050,8 +1055,9 @@ class PoolCore final : public PoolCoreBase {
     std::lock_guard<std::mutex> lock(c.mutex);
     PoolSlab* s = c.current.load(std::memory_order_acquire);
     if (gpu_ && slab_epoch(*s) != detail::device_epoch(options_.device)) {
-      retire(c, *s);
       auto fresh = make_slab_metadata(c);
+      c.slabs.reserve(c.slabs.size() + 1);  // publish() must not throw once memory is held
+      retire(c, *s);
       allocate_slab(c, *fresh);
       publish(c, std::move(fresh));
       s = c.current.load(std::memory_order_acquire);
@@ -1071,7 +1077,11 @@ class PoolCore final : public PoolCoreBase {
       s.words[w].free_bits.store(0, std::memory_order_seq_cst);
     // Leases still out on the old slab drop on release; the fresh slab starts empty.
     if (c.counted) c.unavailable.store(0, std::memory_order_relaxed);
-    drop_slab_memory(s);
+    // Forget the memory but keep `base` and the event array in place: a take() that won a slot
+    // just before the words closed still reads them without the class mutex. The destructor
+    // keeps the events reachable (never destroyed: their context was reset).
+    s.raw = nullptr;
+    s.resident = false;
   }
 
   BufferLease acquire_slow(std::shared_ptr<PoolCoreBase> self, PoolClass& c, std::uint32_t ci,
@@ -1261,6 +1271,13 @@ class PoolCore final : public PoolCoreBase {
     if (closed != c.nwords) {
       for (std::uint32_t w = 0; w < closed; ++w)
         s->words[w].free_bits.fetch_or(word_mask(c.count, w), std::memory_order_seq_cst);
+      notify_waiters(c);  // a waiter may have scanned while the words were closed
+      return 0;
+    }
+    // A waiter may have missed the notify of the release that made the class idle (it came
+    // before the waiter slept): freeing now would leave it asleep until its deadline.
+    if (c.waiters.load(std::memory_order_seq_cst) != 0) {
+      open_slots_keep_pending(c, *s);
       return 0;
     }
     if (s->events) {
@@ -1277,7 +1294,7 @@ class PoolCore final : public PoolCoreBase {
       }
     }
     const std::size_t bytes = s->raw_bytes;
-    free_slab_memory(*s);
+    free_slab_memory(c, *s);
     if (s->resident) {  // could not free (gate closed meanwhile): keep it usable
       open_slots_keep_pending(c, *s);
       return 0;
@@ -1288,6 +1305,13 @@ class PoolCore final : public PoolCoreBase {
   void open_slots_keep_pending(PoolClass& c, PoolSlab& s) noexcept {
     for (std::uint32_t w = 0; w < c.nwords; ++w)
       s.words[w].free_bits.fetch_or(word_mask(c.count, w), std::memory_order_seq_cst);
+    notify_waiters(c);
+  }
+
+  /// Wakes waiters after slots were reopened (seq_cst: pairs with the waiter's scan, like a
+  /// release).
+  void notify_waiters(PoolClass& c) noexcept {
+    if (c.waiters.load(std::memory_order_seq_cst) != 0) notify(c);
   }
 
   // ---- tracking ------------------------------------------------------------------------------
@@ -1370,7 +1394,7 @@ class BasicBufferPool {
   /// OutOfMemory; nothing is leaked on failure.
   explicit BasicBufferPool(BufferPoolOptions options)
       : core_(std::make_shared<detail::PoolCore<Runtime>>(std::move(options))),
-        registration_(*core_) {}
+        registration_(core_) {}
 
   ~BasicBufferPool() {
     if (!core_) return;
@@ -1410,8 +1434,14 @@ class BasicBufferPool {
   template <class Rep, class Period>
   BufferLease acquire_for(std::size_t bytes, std::chrono::duration<Rep, Period> timeout,
                           LeaseTag tag = LeaseTag::here()) {
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    using Clock = std::chrono::steady_clock;
+    const auto now = Clock::now();
+    // Compared as doubles: a "forever" timeout (e.g. milliseconds::max()) would overflow both the
+    // conversion to the clock's duration and the addition.
+    const bool forever = std::chrono::duration<double>(timeout) >=
+                         std::chrono::duration<double>(Clock::time_point::max() - now);
+    const auto deadline = forever ? Clock::time_point::max()
+                                  : now + std::chrono::duration_cast<Clock::duration>(timeout);
     return core_->acquire(core_, bytes, tag, Core::Mode::waiting, deadline);
   }
 

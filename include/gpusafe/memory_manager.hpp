@@ -73,7 +73,10 @@ constexpr const char* cost_name(ReclaimCost cost) noexcept {
 struct MemoryManagerOptions {
   /// Run a light cleanup every this many on_frame() calls; 0 = never.
   std::uint64_t cleanup_every_frames = 0;
-  /// Period of the timer thread started by start(); 0 = no timer.
+  /// Longest timer period accepted: a longer timed wait can overflow the clock arithmetic.
+  static constexpr std::chrono::hours kMaxCleanupInterval{24};
+
+  /// Period of the timer thread started by start(); 0 = no timer; at most kMaxCleanupInterval.
   std::chrono::milliseconds cleanup_interval{0};
   /// Fraction (0..1) of device memory in use above which cleanups release memory; 0 = off.
   double release_threshold = 0.0;
@@ -361,8 +364,8 @@ class BasicMemoryManager {
  public:
   using Options = MemoryManagerOptions;
 
-  /// Throws InvalidArgument for a threshold outside 0..1, a negative interval or device, or a
-  /// history length of 0.
+  /// Throws InvalidArgument for a threshold outside 0..1, a negative interval or one above
+  /// 24 h, a negative device, or a history length of 0.
   explicit BasicMemoryManager(Options options = {})
       : options_(validate(std::move(options))),
         created_(std::chrono::steady_clock::now()),
@@ -472,8 +475,8 @@ class BasicMemoryManager {
   // ---- timer ---------------------------------------------------------------------------------
 
   /// Starts the timer thread with `cleanup_interval` from the options. Does nothing when it runs
-  /// already. Throws InvalidArgument when the interval is 0, ShuttingDown when the process is
-  /// exiting, RuntimeFailure when the thread cannot be created.
+  /// already. Throws InvalidArgument when the interval is 0 or above 24 h, ShuttingDown when the
+  /// process is exiting, RuntimeFailure when the thread cannot be created.
   void start() { start(options_.cleanup_interval); }
 
   /// Starts the timer thread with `interval` (kept for later start() calls).
@@ -484,6 +487,11 @@ class BasicMemoryManager {
       throw InvalidArgument(what +
                             ": the interval must be positive; set "
                             "MemoryManagerOptions::cleanup_interval or pass one");
+    if (interval > Options::kMaxCleanupInterval)
+      throw InvalidArgument(what +
+                            ": the interval is longer than 24 h; pass at most 24 h "
+                            "(MemoryManagerOptions::kMaxCleanupInterval), or call cleanup() "
+                            "yourself for longer periods");
     if (process_is_exiting())
       throw ShuttingDown(what + ": the process is exiting; start the timer before exit begins");
     std::lock_guard<std::mutex> control(sync_.control);
@@ -702,6 +710,11 @@ class BasicMemoryManager {
       throw InvalidArgument(what + ": cleanup_interval " +
                             std::to_string(o.cleanup_interval.count()) +
                             " ms is negative; pass a positive period, or 0 for no timer");
+    if (o.cleanup_interval > Options::kMaxCleanupInterval)
+      throw InvalidArgument(what + ": cleanup_interval " +
+                            std::to_string(o.cleanup_interval.count()) +
+                            " ms is longer than 24 h; pass a period of at most 24 h "
+                            "(MemoryManagerOptions::kMaxCleanupInterval), or 0 for no timer");
     if (o.device < 0)
       throw InvalidArgument(what + ": device " + std::to_string(o.device) +
                             " is negative; pass the CUDA device index (0 on a CPU-only machine)");

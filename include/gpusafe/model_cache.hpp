@@ -212,10 +212,9 @@ inline void model_cache_unlock_list_after_fork() noexcept {
 }
 
 inline void model_cache_track(ModelCacheLockOwner* owner) {
-  static const bool hooked =
-      (::pthread_atfork(&model_cache_lock_list_before_fork, &model_cache_unlock_list_after_fork,
-                        nullptr),
-       add_fork_child_hook(&model_cache_reset_locks_in_child), true);
+  static const bool hooked = (::pthread_atfork(&model_cache_lock_list_before_fork,
+                                               &model_cache_unlock_list_after_fork, nullptr),
+                              add_fork_child_hook(&model_cache_reset_locks_in_child), true);
   (void)hooked;
   auto& list = model_cache_fork_list();
   std::lock_guard<std::mutex> lock(list.mutex);
@@ -937,8 +936,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
           const bool must_cache =
               e.residency == Residency::primary || options_.oversize == OversizePolicy::throw_error;
           if (hint > options_.byte_budget || !make_room(hint, g)) {
-            if (hint <= options_.byte_budget &&
-                reserved_ > model_cache_own_reservations(this)) {
+            if (hint <= options_.byte_budget && reserved_ > model_cache_own_reservations(this)) {
               // Other threads' loads hold reservations; retry once one of them finishes.
               const std::uint64_t gen = generation();
               lock.unlock();
@@ -969,9 +967,59 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     }
   }
 
+  // Ends a load that an exception cut short after its loader ran: gives the reservation back,
+  // detaches the op and wakes its waiters with a failure, so that no later get() waits forever.
+  struct LoadGuard {
+    ModelCacheCore& core;
+    Entry& entry;
+    const std::shared_ptr<LoadOp>& op;
+    std::size_t reserved;
+    bool settled = false;  // reservation and op already taken back
+    bool published = false;
+    ~LoadGuard() {
+      if (!published) core.abandon_load(*this);
+    }
+  };
+
+  void abandon_load(LoadGuard& guard) noexcept {
+    {
+      Exclusive lock(*this);
+      if (!guard.settled) {
+        reserved_ -= guard.reserved;
+        if (guard.entry.op == guard.op) guard.entry.op.reset();
+        ++counters_.load_failures;
+      }
+      LoadOp& op = *guard.op;
+      if (!op.failure) {
+        op.result.reset();
+        op.failure.failed = true;
+        op.failure.code = ErrorCode::load_failed;
+        try {
+          op.failure.message = "ModelCache: a load failed and its error could not be recorded";
+        } catch (...) {
+        }
+      }
+    }
+    guard.published = true;
+    publish(guard.op);
+  }
+
+  // Frame of this thread's load stack (see model_cache_own_reservations).
+  struct LoadFrameScope {
+    ModelCacheLoadFrame frame;
+    LoadFrameScope(const void* core, std::size_t reserved) noexcept
+        : frame{core, reserved, model_cache_load_frames()} {
+      model_cache_load_frames() = &frame;
+    }
+    ~LoadFrameScope() { model_cache_load_frames() = frame.outer; }
+    LoadFrameScope(const LoadFrameScope&) = delete;
+    LoadFrameScope& operator=(const LoadFrameScope&) = delete;
+  };
+
   Handle run_load(const std::shared_ptr<Entry>& entry, const std::shared_ptr<LoadOp>& op,
                   std::size_t reserved, bool cache_it) noexcept(false) {
     const Entry& e = *entry;
+    LoadGuard guard{*this, *entry, op, reserved};
     try {
       Graveyard pg;
       evict_for_pressure(pg);
@@ -982,6 +1030,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     Failure error;
     const auto t0 = std::chrono::steady_clock::now();
     try {
+      LoadFrameScope frame(this, reserved);
       loaded = e.loader();
       if (!loaded.model)
         throw LoadFailed(prefix("get") + describe_cache_key(e.key) +
@@ -1002,11 +1051,14 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     }
     Graveyard g;
     Handle result;
+    std::exception_ptr original;
+    bool failed = false;
     {
       Exclusive lock(*this);
       reserved_ -= reserved;
       counters_.load_time += std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed);
       entry->op.reset();
+      guard.settled = true;
       if (!error) {
         try {
           bool installed = false;
@@ -1039,45 +1091,65 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
         ++counters_.load_failures;
         result.reset();
       }
-      op->failure = error;
-      op->failure.original = nullptr;
+      // Moved, not copied: nothing here may throw once the reservation was given back.
+      original = std::move(error.original);
+      failed = error.failed;
+      op->failure = std::move(error);
       op->result = result;
     }
+    guard.published = true;
     publish(op);
     g.finish(prefix("get"));
     wrapped.reset();
     loaded.model.reset();
-    if (error) std::rethrow_exception(error.original);
+    if (failed) std::rethrow_exception(original);
     return result;
   }
 
   // Called inside a catch block: describes the exception in flight. A gpusafe::Error stays as it
-  // is; anything else becomes a LoadFailed naming the key, with the original nested.
-  Failure capture(const Entry& e, const char* context) const {
+  // is; anything else becomes a LoadFailed naming the key, with the original nested. Never
+  // throws, so that a failing load always reaches its waiters.
+  Failure capture(const Entry& e, const char* context) const noexcept {
     Failure f;
     f.failed = true;
+    f.code = ErrorCode::load_failed;
     try {
       throw;
     } catch (const Error& err) {
       f.original = std::current_exception();
       f.code = err.code();
-      f.message = err.what();
       f.runtime_code = err.runtime_code();
+      try {
+        f.message = err.what();
+      } catch (...) {
+      }
       return f;
     } catch (const std::exception& ex) {
-      f.message = prefix("get") + describe_cache_key(e.key) + ": " + context + ": " + ex.what();
+      f.message = failure_message(e, context, ex.what());
     } catch (...) {
-      f.message =
-          prefix("get") + describe_cache_key(e.key) + ": " + context + ": a non-std exception";
+      f.message = failure_message(e, context, "a non-std exception");
     }
     f.nested = std::current_exception();
-    f.code = ErrorCode::load_failed;
     try {
       std::throw_with_nested(LoadFailed(f.message));
     } catch (...) {
       f.original = std::current_exception();
     }
     return f;
+  }
+
+  // The key's operator<< may throw, and building the text may run out of memory.
+  std::string failure_message(const Entry& e, const char* context,
+                              const char* what) const noexcept {
+    try {
+      return prefix("get") + describe_cache_key(e.key) + ": " + context + ": " + what;
+    } catch (...) {
+    }
+    try {
+      return prefix("get") + "(a key whose description failed): " + context + ": " + what;
+    } catch (...) {
+    }
+    return std::string();
   }
 
   template <class E>
@@ -1167,7 +1239,7 @@ class ModelCache {
 
   /// Throws InvalidArgument for watermarks outside [0, 1] or out of order, or a negative device.
   explicit ModelCache(ModelCacheOptions options = {})
-      : core_(std::make_shared<Core>(std::move(options))), registration_(*core_) {}
+      : core_(std::make_shared<Core>(std::move(options))), registration_(core_) {}
 
   /// Drops the cache's references without on_evict callbacks; outstanding handles stay valid.
   ~ModelCache() {

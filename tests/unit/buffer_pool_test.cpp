@@ -6,16 +6,44 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gpusafe/testing/fake_runtime.hpp"
+
+// Pointer-sized allocations on this thread can be made to fail, to test the pool's behaviour
+// when a vector of slab pointers cannot grow.
+namespace alloc_probe {
+thread_local bool armed = false;
+thread_local int seen = 0;     // pointer-sized allocations while armed
+thread_local int fail_at = 0;  // 1-based; 0: none fails
+}  // namespace alloc_probe
+
+void* operator new(std::size_t n) {
+  if (alloc_probe::armed && n == sizeof(void*) && ++alloc_probe::seen == alloc_probe::fail_at)
+    throw std::bad_alloc();
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+// The replacement new above is malloc-based, so free() is the matching release.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 namespace gs = gpusafe;
 using gs::testing::FakeOp;
@@ -658,6 +686,125 @@ TEST_F(BufferPoolTest, NoGpuFallsBackToHostOrThrows) {
   o.fallback = gs::Fallback::error;
   expect_throw_with<gs::NoGpu>([&] { FakePool p(o); }, {"'strict'", "Fallback::error"});
   FakeRuntime::set_mode(gs::testing::FakeMode::normal);
+}
+
+TEST_F(BufferPoolTest, FailingToRecordASlabLeaksNothing) {
+  const auto options = device_options({{256, 4}, {4096, 4}, {65536, 4}});
+  alloc_probe::seen = 0;
+  alloc_probe::fail_at = 0;
+  alloc_probe::armed = true;
+  { FakePool dry(options); }
+  alloc_probe::armed = false;
+  const int n = alloc_probe::seen;
+  ASSERT_GE(n, 3) << "one slab pointer per class";
+  for (int k = 1; k <= n; ++k) {
+    FakeRuntime::reset(2);
+    const auto before = FakeRuntime::live_allocations();
+    alloc_probe::seen = 0;
+    alloc_probe::fail_at = k;
+    alloc_probe::armed = true;
+    EXPECT_THROW(FakePool p(options), std::bad_alloc) << "k=" << k;
+    alloc_probe::armed = false;
+    EXPECT_EQ(FakeRuntime::live_allocations(), before) << "k=" << k;
+    EXPECT_EQ(FakeRuntime::calls(FakeOp::event_destroy), FakeRuntime::calls(FakeOp::event_create))
+        << "k=" << k;
+  }
+}
+
+TEST_F(BufferPoolTest, AcquireForAcceptsAForeverTimeout) {
+  FakePool pool(device_options({{4096, 1}}));
+  auto held = pool.acquire(1);
+  void* p = held.data();
+  // Each wait is ended by a release 30 ms later; an overflowed deadline times out at once.
+  auto wait_forever = [&](auto timeout) {
+    std::thread releaser([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      held.release();
+    });
+    gs::BufferLease got;
+    try {
+      got = pool.acquire_for(1, timeout);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+    releaser.join();
+    EXPECT_EQ(got.data(), p);
+    held = std::move(got);
+    if (!held) held = pool.acquire(1);
+  };
+  wait_forever(std::chrono::steady_clock::duration::max());
+  wait_forever(std::chrono::milliseconds::max());
+  wait_forever(std::chrono::hours::max());
+  wait_forever(std::chrono::duration<double>(1e300));
+}
+
+TEST_F(BufferPoolTest, TrimLeavesAClassWithAWaiterToTheWaiter) {
+  // Pinned memory has no events, so a waiter sleeps until notified (no polling).
+  auto o = device_options({{4096, 1}});
+  o.kind = gs::MemoryKind::pinned_host;
+  FakePool pool(o);
+  auto held = pool.acquire(1);
+  void* p = held.data();
+  gs::BufferLease got;
+  std::thread waiter([&] { got = pool.acquire_for(1, std::chrono::seconds(20)); });
+  while (pool.stats().classes[0].waits == 0) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the waiter is asleep
+  const auto allocs = FakeRuntime::calls(FakeOp::allocate);
+  const auto t0 = std::chrono::steady_clock::now();
+  held.release();
+  // Whether or not the waiter has woken yet, the buffer is its own: trim must not free it.
+  EXPECT_EQ(pool.trim(), 0u);
+  waiter.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_EQ(got.data(), p);
+  EXPECT_EQ(FakeRuntime::calls(FakeOp::allocate), allocs) << "the slab was not reallocated";
+}
+
+TEST_F(BufferPoolTest, ForkWaitsForThePoolListLock) {
+  FakePool pool(device_options({{4096, 1}}));  // installs the fork handlers
+  auto& list = gs::detail::pool_core_list();
+  std::atomic<bool> forked{false};
+  list.mutex.lock();
+  std::thread forker([&] {
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) ::_exit(0);
+    forked.store(true);
+    if (pid > 0) ::waitpid(pid, nullptr, 0);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(forked.load()) << "fork() must wait while the list is being changed";
+  list.mutex.unlock();
+  forker.join();
+  EXPECT_TRUE(forked.load());
+  FakePool after_fork(device_options({{4096, 1}}));  // the list lock was released in the parent
+}
+
+TEST_F(BufferPoolTest, DeviceResetsRacingWithStreamReleasesAreSafe) {
+  // Built with -fsanitize=thread this finds a retire that touches what lock-free takes and
+  // releases read.
+  // The fake's events point at their stream: it must outlive the pool (whose last trim queries).
+  auto stream = FakeRuntime::create_stream();
+  auto pool = std::make_unique<FakePool>(device_options({{4096, 64}}));
+  std::atomic<bool> stop{false};
+  std::thread user([&] {
+    while (!stop.load()) {
+      try {
+        auto l = pool->try_acquire(1);
+        if (l) l.record_stream(stream);
+      } catch (const gs::Error&) {
+      }
+    }
+  });
+  for (int i = 0; i < 300; ++i) {
+    gs::notify_device_reset(0);
+    auto l = pool->acquire(1);
+    EXPECT_TRUE(l);
+  }
+  stop.store(true);
+  user.join();
+  pool.reset();
+  FakeRuntime::destroy_stream(stream);
 }
 
 // ---- DefaultRuntime: on a machine without a GPU it serves host memory and says so ----------

@@ -302,6 +302,35 @@ TEST_F(MemoryManagerTest, RejectsNullAttachAndTimerWithoutInterval) {
   EXPECT_FALSE(m.timer_running());
 }
 
+TEST_F(MemoryManagerTest, RejectsTimerIntervalsAbove24Hours) {
+  // A huge period would overflow the timer's timed wait.
+  gs::MemoryManagerOptions o;
+  o.cleanup_interval = std::chrono::milliseconds::max();
+  try {
+    Manager m(o);
+    ADD_FAILURE() << "a cleanup_interval of milliseconds::max() was accepted";
+  } catch (const gs::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("24 h"), std::string::npos) << e.what();
+  }
+  o.cleanup_interval = std::chrono::hours(24) + 1ms;
+  EXPECT_THROW(Manager{o}, gs::InvalidArgument);
+  o.cleanup_interval = std::chrono::hours(24);
+  EXPECT_NO_THROW(Manager{o});
+
+  Manager m;
+  try {
+    m.start(std::chrono::milliseconds::max());
+    ADD_FAILURE() << "start(milliseconds::max()) was accepted";
+  } catch (const gs::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("24 h"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(m.timer_running());
+  m.start(std::chrono::hours(24));  // the limit itself is valid; stop() wakes it at once
+  EXPECT_TRUE(m.timer_running());
+  m.stop();
+  EXPECT_FALSE(m.timer_running());
+}
+
 // ---- frames ------------------------------------------------------------------------------------
 
 TEST_F(MemoryManagerTest, CleansUpEveryNFrames) {

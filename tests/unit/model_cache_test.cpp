@@ -2,6 +2,9 @@
 #include "gpusafe/model_cache.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -9,8 +12,11 @@
 #include <condition_variable>
 #include <exception>
 #include <functional>
+#include <future>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <ostream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -37,6 +43,24 @@ struct Model {
 
 using Cache = gs::ModelCache<std::string, Model, std::hash<std::string>, FakeRuntime>;
 using Event = std::tuple<std::string, std::size_t, gs::EvictReason>;
+
+// Runs `fn` on its own thread and waits at most `limit` for it. On a timeout the thread is left
+// behind (stuck), so `fn` must own by value what it uses; the caller reports the failure.
+template <class Fn>
+bool finishes_within(std::chrono::milliseconds limit, Fn fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> ready = done->get_future();
+  std::thread t([done, fn]() mutable {
+    fn();
+    done->set_value();
+  });
+  if (ready.wait_for(limit) != std::future_status::ready) {
+    t.detach();
+    return false;
+  }
+  t.join();
+  return true;
+}
 
 gs::ModelCacheOptions budget(std::size_t bytes) {
   gs::ModelCacheOptions o;
@@ -764,6 +788,78 @@ TEST_F(ModelCacheTest, ALoaderThatGetsItsOwnKeyFailsInsteadOfHanging) {
   EXPECT_FALSE(c.is_resident("self"));
 }
 
+TEST_F(ModelCacheTest, ALoaderGettingAKeyThatDoesNotFitFailsInsteadOfWaitingForItself) {
+  // The 50-byte get cannot fit beside the loader's own 60-byte reservation, which ends only
+  // after the loader returns: waiting for it would never end.
+  auto c = std::make_shared<Cache>(budget(100));
+  Cache* raw = c.get();
+  raw->add(
+      "a",
+      [raw] {
+        raw->get("b");
+        return gs::Loaded<Model>{std::make_shared<Model>(1), 60};
+      },
+      gs::Residency::secondary, 60);
+  raw->add(
+      "b",
+      [] {
+        return gs::Loaded<Model>{std::make_shared<Model>(2), 50};
+      },
+      gs::Residency::secondary, 50);
+  auto outcome = std::make_shared<std::atomic<int>>(0);  // 1 = BudgetExceeded
+  const bool finished = finishes_within(std::chrono::seconds(10), [c, outcome] {
+    try {
+      c->get("a");
+      *outcome = 2;
+    } catch (const gs::BudgetExceeded&) {
+      *outcome = 1;
+    } catch (...) {
+      *outcome = 3;
+    }
+  });
+  ASSERT_TRUE(finished) << "get() in a loader waited for its own loader's reservation";
+  EXPECT_EQ(outcome->load(), 1);
+  EXPECT_FALSE(c->is_resident("a"));
+  EXPECT_FALSE(c->is_resident("b"));
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+}
+
+TEST_F(ModelCacheTest, ALoaderGettingAKeyThatDoesNotFitLoadsItUncachedWhenAllowed) {
+  gs::ModelCacheOptions o = budget(100);
+  o.oversize = gs::OversizePolicy::load_uncached;
+  auto c = std::make_shared<Cache>(o);
+  Cache* raw = c.get();
+  auto inner = std::make_shared<std::atomic<int>>(0);
+  raw->add(
+      "a",
+      [raw, inner] {
+        *inner = raw->get("b")->value;
+        return gs::Loaded<Model>{std::make_shared<Model>(1), 60};
+      },
+      gs::Residency::secondary, 60);
+  raw->add(
+      "b",
+      [] {
+        return gs::Loaded<Model>{std::make_shared<Model>(2), 50};
+      },
+      gs::Residency::secondary, 50);
+  auto value = std::make_shared<std::atomic<int>>(0);
+  const bool finished = finishes_within(std::chrono::seconds(10), [c, value] {
+    try {
+      *value = c->get("a")->value;
+    } catch (...) {
+      *value = -1;
+    }
+  });
+  ASSERT_TRUE(finished) << "get() in a loader waited for its own loader's reservation";
+  EXPECT_EQ(value->load(), 1);
+  EXPECT_EQ(inner->load(), 2);
+  EXPECT_TRUE(c->is_resident("a"));
+  EXPECT_FALSE(c->is_resident("b"));
+  EXPECT_EQ(c->stats().uncached_loads, 1u);
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+}
+
 TEST_F(ModelCacheTest, ConcurrentLoadsWaitForReservationsInsteadOfOvershooting) {
   // The second load waits for the first one's reservation; afterwards it evicts the first
   // model or, when a caller still holds it, loads uncached - never both loads at once.
@@ -902,6 +998,91 @@ struct Point {
 struct PointHash {
   std::size_t operator()(const Point& p) const { return std::hash<int>()(p.x * 31 + p.y); }
 };
+
+// A key whose operator<< throws: describing it in a load failure must not strand the load.
+struct Unprintable {
+  int id;
+  bool operator==(const Unprintable& o) const { return id == o.id; }
+};
+std::ostream& operator<<(std::ostream&, const Unprintable&) {
+  throw std::logic_error("cannot print this key");
+}
+struct UnprintableHash {
+  std::size_t operator()(const Unprintable& k) const { return std::hash<int>()(k.id); }
+};
+using UnprintableCache = gs::ModelCache<Unprintable, int, UnprintableHash, FakeRuntime>;
+
+TEST_F(ModelCacheTest, AFailedLoadWhoseKeyCannotBePrintedStillReleasesEveryone) {
+  auto c = std::make_shared<UnprintableCache>(budget(100));
+  UnprintableCache* raw = c.get();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  // The first load fails only once a second caller waits for it.
+  raw->add(
+      Unprintable{1},
+      [raw, calls]() -> gs::Loaded<int> {
+        if (++*calls == 1) {
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+          while (raw->stats().waits == 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        throw std::runtime_error("weights are corrupt");
+      },
+      gs::Residency::secondary, 10);
+  // 1 = LoadFailed carrying the loader's message, 2 = anything else
+  auto loader_side = std::make_shared<std::atomic<int>>(0);
+  auto waiter_side = std::make_shared<std::atomic<int>>(0);
+  auto get_one = [c](std::atomic<int>& outcome) {
+    try {
+      c->get(Unprintable{1});
+      outcome = 2;
+    } catch (const gs::LoadFailed& e) {
+      outcome = std::string(e.what()).find("weights are corrupt") != std::string::npos ? 1 : 2;
+    } catch (...) {
+      outcome = 2;
+    }
+  };
+  bool finished = finishes_within(std::chrono::seconds(20), [=] {
+    std::thread loader([&] { get_one(*loader_side); });
+    while (c->stats().misses == 0) std::this_thread::yield();
+    std::thread waiter([&] { get_one(*waiter_side); });
+    loader.join();
+    waiter.join();
+  });
+  ASSERT_TRUE(finished) << "a caller waited forever for a failed load";
+  EXPECT_EQ(loader_side->load(), 1);
+  EXPECT_EQ(waiter_side->load(), 1);
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+  // A later get runs the loader again instead of waiting for the old load.
+  auto later = std::make_shared<std::atomic<int>>(0);
+  finished = finishes_within(std::chrono::seconds(10), [=] { get_one(*later); });
+  ASSERT_TRUE(finished) << "a later get waited for a load that had ended";
+  EXPECT_EQ(later->load(), 1);
+  EXPECT_EQ(calls->load(), 2);
+  EXPECT_EQ(c->stats().load_failures, 2u);
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+}
+
+TEST_F(ModelCacheTest, ForkWaitsWhileTheCacheListChanges) {
+  Cache c;  // installs the fork handlers of the cache list
+  auto& list = gs::detail::model_cache_fork_list();
+  std::atomic<bool> forked{false};
+  pid_t child = -1;
+  list.mutex.lock();  // as a cache being created or destroyed on another thread would
+  std::thread t([&] {
+    child = ::fork();
+    if (child == 0) ::_exit(0);
+    forked = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const bool forked_while_locked = forked.load();
+  list.mutex.unlock();
+  t.join();
+  EXPECT_FALSE(forked_while_locked) << "fork() copied the cache list while it was being changed";
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
 
 TEST_F(ModelCacheTest, KeysWithoutStreamOperatorWork) {
   gs::ModelCache<Point, int, PointHash, FakeRuntime> c;
