@@ -939,8 +939,9 @@ class BasicMemoryManager {
     while (!stop_requested_) {
       if (sync_.wake.wait_for(lock, interval_, [this] { return stop_requested_; })) break;
       // Once exiting, only sleep: the runtime may be torn down, and whoever destroys the
-      // manager joins this thread.
-      if (process_is_exiting() || in_forked_child()) continue;
+      // manager joins this thread. A timer started in a forked child does run there: its
+      // cleanups make no runtime call (read_memory and every release path check the process).
+      if (process_is_exiting()) continue;
       lock.unlock();
       run_cleanup(timer_cleanups_);
       lock.lock();
