@@ -148,27 +148,11 @@ struct LeaseState {
 };
 
 /// The type-erased core a lease releases to (DESIGN rule 10).
-class PoolCoreBase : public Reclaimable, public LeakReporter {
+class PoolCoreBase : public Reclaimable, public LeakReporter, public ForkAware {
  public:
   virtual void release_lease(void* data, std::size_t bytes, LeaseState& state) noexcept = 0;
   virtual const char* pool_name() const noexcept = 0;
-  /// Re-creates the core's locks in a forked child.
-  virtual void reset_locks_in_child() noexcept = 0;
-
-  PoolCoreBase* list_prev = nullptr;
-  PoolCoreBase* list_next = nullptr;
 };
-
-/// Every live core of this copy of the headers, so a forked child can rebuild their locks.
-struct PoolCoreList {
-  std::mutex mutex;
-  PoolCoreBase* head = nullptr;
-};
-
-inline PoolCoreList& pool_core_list() noexcept {
-  static NoDestructor<PoolCoreList> list;
-  return list.get();
-}
 
 /// Event handles abandoned on purpose (their context was reset or is unusable). Kept reachable
 /// so leak checkers do not report them; small (one array per dropped slab).
@@ -193,37 +177,15 @@ inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
   }
 }
 
-// The list lock is a leaf lock: the forking thread holds it across fork() so the child never
-// inherits the list half-changed (the child re-creates it in reset_pool_locks_in_child).
-inline void lock_pool_core_list() noexcept { pool_core_list().mutex.lock(); }
-inline void unlock_pool_core_list() noexcept { pool_core_list().mutex.unlock(); }
-
-inline void reset_pool_locks_in_child() noexcept {
+inline void reset_abandoned_events_lock_in_child() noexcept {
   new (&abandoned_events().mutex) std::mutex();
-  auto& list = pool_core_list();
-  new (&list.mutex) std::mutex();
-  for (PoolCoreBase* c = list.head; c; c = c->list_next) c->reset_locks_in_child();
 }
 
+/// Enrols a core so a forked child rebuilds its locks (rule 5).
 inline void link_pool_core(PoolCoreBase* core) noexcept {
-  static const bool hooked =
-      (::pthread_atfork(&lock_pool_core_list, &unlock_pool_core_list, nullptr),
-       add_fork_child_hook(&reset_pool_locks_in_child), true);
+  static const bool hooked = (add_fork_child_hook(&reset_abandoned_events_lock_in_child), true);
   (void)hooked;
-  auto& list = pool_core_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  core->list_next = list.head;
-  if (list.head) list.head->list_prev = core;
-  list.head = core;
-}
-
-inline void unlink_pool_core(PoolCoreBase* core) noexcept {
-  auto& list = pool_core_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  if (core->list_prev) core->list_prev->list_next = core->list_next;
-  if (core->list_next) core->list_next->list_prev = core->list_prev;
-  if (list.head == core) list.head = core->list_next;
-  core->list_prev = core->list_next = nullptr;
+  enrol_fork_aware(core);
 }
 
 template <class Runtime>
@@ -531,7 +493,7 @@ class PoolCore final : public PoolCoreBase {
   }
 
   ~PoolCore() override {
-    unlink_pool_core(this);
+    withdraw_fork_aware(this);
     for (std::size_t i = 0; i < nclasses_; ++i) {
       for (auto& s : classes_[i].slabs) {
         if (!s->resident) {
@@ -761,7 +723,7 @@ class PoolCore final : public PoolCoreBase {
 
   const char* pool_name() const noexcept override { return options_.name.c_str(); }
 
-  void reset_locks_in_child() noexcept override {
+  void recreate_locks_in_child() noexcept override {
     for (std::size_t i = 0; i < nclasses_; ++i) {
       PoolClass& c = classes_[i];
       new (&c.mutex) std::mutex();

@@ -124,6 +124,89 @@ class LeakReporter {
 
 namespace detail {
 
+/// An object whose locks a forked child must never inherit held (rule 5). Around fork() the
+/// forking thread takes each object's data locks (lock_for_fork: leaf locks only, so this cannot
+/// deadlock) and releases them in the parent; in the child every lock is built anew, since a
+/// thread that held one does not exist there. Objects enrol for their lifetime.
+class ForkAware {
+ public:
+  virtual void lock_for_fork() noexcept {}
+  virtual void unlock_after_fork() noexcept {}
+  virtual void recreate_locks_in_child() noexcept = 0;
+
+ protected:
+  ForkAware() = default;
+  ForkAware(const ForkAware&) = delete;
+  ForkAware& operator=(const ForkAware&) = delete;
+  ~ForkAware() = default;
+
+ private:
+  friend struct ForkAwareList;
+  ForkAware* fork_prev_ = nullptr;
+  ForkAware* fork_next_ = nullptr;
+};
+
+/// The enrolled objects of this copy of the headers (intrusive: enrolling never allocates).
+struct ForkAwareList {
+  std::mutex mutex;
+  ForkAware* head = nullptr;
+
+  void link(ForkAware* o) noexcept {
+    o->fork_next_ = head;
+    if (head) head->fork_prev_ = o;
+    head = o;
+  }
+  void unlink(ForkAware* o) noexcept {
+    if (o->fork_prev_) o->fork_prev_->fork_next_ = o->fork_next_;
+    if (o->fork_next_) o->fork_next_->fork_prev_ = o->fork_prev_;
+    if (head == o) head = o->fork_next_;
+    o->fork_prev_ = o->fork_next_ = nullptr;
+  }
+  template <class Fn>
+  void for_each(Fn fn) noexcept {
+    for (ForkAware* o = head; o; o = o->fork_next_) fn(*o);
+  }
+};
+
+inline ForkAwareList& fork_aware_list() noexcept {
+  static NoDestructor<ForkAwareList> list;
+  return list.get();
+}
+
+inline void lock_fork_aware_before_fork() noexcept {
+  auto& list = fork_aware_list();
+  list.mutex.lock();
+  list.for_each([](ForkAware& o) { o.lock_for_fork(); });
+}
+
+inline void unlock_fork_aware_after_fork() noexcept {
+  auto& list = fork_aware_list();
+  list.for_each([](ForkAware& o) { o.unlock_after_fork(); });
+  list.mutex.unlock();
+}
+
+inline void recreate_fork_aware_in_child() noexcept {
+  auto& list = fork_aware_list();
+  new (&list.mutex) std::mutex();
+  list.for_each([](ForkAware& o) { o.recreate_locks_in_child(); });
+}
+
+inline void enrol_fork_aware(ForkAware* o) noexcept {
+  static const bool installed =
+      (::pthread_atfork(&lock_fork_aware_before_fork, &unlock_fork_aware_after_fork, nullptr),
+       add_fork_child_hook(&recreate_fork_aware_in_child), true);
+  (void)installed;
+  auto& list = fork_aware_list();
+  std::lock_guard<std::mutex> lock(list.mutex);
+  list.link(o);
+}
+
+inline void withdraw_fork_aware(ForkAware* o) noexcept {
+  auto& list = fork_aware_list();
+  std::lock_guard<std::mutex> lock(list.mutex);
+  list.unlink(o);
+}
+
 struct RegistryEntry {
   // Recursive: a reclaim() may unregister or re-register its own resource.
   std::recursive_mutex mutex;

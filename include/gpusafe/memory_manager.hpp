@@ -248,9 +248,10 @@ inline std::string format_age(std::chrono::nanoseconds age) {
   return buf;
 }
 
-/// The locks of one manager. A forked child may inherit any of them held by a thread that does
-/// not exist there, so every live manager's locks are listed and re-created in the child.
-struct ManagerSync {
+/// The locks of one manager. Around fork() the forking thread holds the two that guard data (the
+/// attached list and the history: leaf locks), so the child never copies them half-changed; in
+/// the child all of them are built anew (their holders do not exist there).
+struct ManagerSync final : ForkAware {
   std::mutex attach;   // attached list
   std::mutex history;  // snapshots
   std::mutex cleanup;  // one cleanup / release at a time
@@ -259,7 +260,18 @@ struct ManagerSync {
   std::mutex control;  // start() and stop() against each other
   std::condition_variable wake;
 
-  void recreate_in_child() noexcept {
+  ManagerSync() noexcept { enrol_fork_aware(this); }
+  ~ManagerSync() { withdraw_fork_aware(this); }
+
+  void lock_for_fork() noexcept override {
+    attach.lock();
+    history.lock();
+  }
+  void unlock_after_fork() noexcept override {
+    history.unlock();
+    attach.unlock();
+  }
+  void recreate_locks_in_child() noexcept override {
     new (&attach) std::mutex();
     new (&history) std::mutex();
     new (&cleanup) std::mutex();
@@ -269,61 +281,6 @@ struct ManagerSync {
     new (&wake) std::condition_variable();
   }
 };
-
-struct ManagerSyncList {
-  std::mutex mutex;
-  std::vector<ManagerSync*> live;
-};
-
-inline ManagerSyncList& manager_sync_list() noexcept {
-  static NoDestructor<ManagerSyncList> list;
-  return list.get();
-}
-
-inline void recreate_manager_locks_in_child() noexcept {
-  auto& list = manager_sync_list();
-  new (&list.mutex) std::mutex();
-  for (ManagerSync* s : list.live) s->recreate_in_child();
-}
-
-// Around fork() the forking thread holds every manager's data locks, so no other thread can be
-// half-way through changing the attached list or the history when the child is copied: the
-// child's re-created locks then guard consistent data. Both are leaf locks (nothing else is
-// taken while they are held), so taking them here cannot deadlock.
-inline void lock_managers_before_fork() noexcept {
-  auto& list = manager_sync_list();
-  list.mutex.lock();
-  for (ManagerSync* s : list.live) {
-    s->attach.lock();
-    s->history.lock();
-  }
-}
-
-inline void unlock_managers_after_fork() noexcept {
-  auto& list = manager_sync_list();
-  for (auto it = list.live.rbegin(); it != list.live.rend(); ++it) {
-    (*it)->history.unlock();
-    (*it)->attach.unlock();
-  }
-  list.mutex.unlock();
-}
-
-inline void register_manager_sync(ManagerSync* s) {
-  static const bool hooked =
-      (::pthread_atfork(&lock_managers_before_fork, &unlock_managers_after_fork, nullptr), true);
-  (void)hooked;
-  add_fork_child_hook(&recreate_manager_locks_in_child);
-  auto& list = manager_sync_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  list.live.push_back(s);
-}
-
-inline void unregister_manager_sync(ManagerSync* s) noexcept {
-  auto& list = manager_sync_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  auto& v = list.live;
-  v.erase(std::remove(v.begin(), v.end(), s), v.end());
-}
 
 /// Whether T has `reclaimable()` returning something convertible to shared_ptr<Reclaimable>.
 template <class T, class = void>
@@ -372,13 +329,7 @@ class BasicMemoryManager {
         controller_(this) {
     next_cleanup_.store(options_.cleanup_every_frames == 0 ? kNever : options_.cleanup_every_frames,
                         std::memory_order_relaxed);
-    detail::register_manager_sync(&sync_);
-    try {
-      registration_ = ReclaimRegistration(controller_);
-    } catch (...) {
-      detail::unregister_manager_sync(&sync_);
-      throw;
-    }
+    registration_ = ReclaimRegistration(controller_);
   }
 
   BasicMemoryManager(const BasicMemoryManager&) = delete;
@@ -388,7 +339,6 @@ class BasicMemoryManager {
   ~BasicMemoryManager() {
     registration_.reset();  // waits for a gpusafe::shutdown() that is stopping us right now
     stop();
-    detail::unregister_manager_sync(&sync_);
   }
 
   const Options& options() const noexcept { return options_; }

@@ -179,60 +179,6 @@ std::string describe_cache_key(const Key& key) {
   }
 }
 
-// Caches are registered here so that a forked child can rebuild their locks (rule 5).
-class ModelCacheLockOwner {
- public:
-  virtual void reinit_locks_in_child() noexcept = 0;
-
- protected:
-  ~ModelCacheLockOwner() = default;
-};
-
-struct ModelCacheForkList {
-  std::mutex mutex;
-  std::vector<ModelCacheLockOwner*> owners;
-};
-
-inline ModelCacheForkList& model_cache_fork_list() noexcept {
-  static NoDestructor<ModelCacheForkList> list;
-  return list.get();
-}
-
-inline void model_cache_reset_locks_in_child() noexcept {
-  auto& list = model_cache_fork_list();
-  new (&list.mutex) std::mutex();
-  for (auto* owner : list.owners) owner->reinit_locks_in_child();
-}
-
-// The list lock is a leaf lock: the forking thread holds it across fork() so that the child never
-// sees the list half-changed (the child hook then re-creates it).
-inline void model_cache_lock_list_before_fork() noexcept { model_cache_fork_list().mutex.lock(); }
-inline void model_cache_unlock_list_after_fork() noexcept {
-  model_cache_fork_list().mutex.unlock();
-}
-
-inline void model_cache_track(ModelCacheLockOwner* owner) {
-  static const bool hooked = (::pthread_atfork(&model_cache_lock_list_before_fork,
-                                               &model_cache_unlock_list_after_fork, nullptr),
-                              add_fork_child_hook(&model_cache_reset_locks_in_child), true);
-  (void)hooked;
-  auto& list = model_cache_fork_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  list.owners.push_back(owner);
-}
-
-inline void model_cache_untrack(ModelCacheLockOwner* owner) noexcept {
-  auto& list = model_cache_fork_list();
-  std::lock_guard<std::mutex> lock(list.mutex);
-  for (auto& o : list.owners) {
-    if (o == owner) {
-      o = list.owners.back();
-      list.owners.pop_back();
-      return;
-    }
-  }
-}
-
 /// The stripe a thread uses for lookups; fixed per thread.
 inline unsigned model_cache_thread_slot() noexcept {
   static std::atomic<unsigned> next{0};
@@ -270,7 +216,7 @@ struct ModelCacheAccounting {
 
 /// The shared core of a ModelCache (the Reclaimable that the registry and reclaimable() see).
 template <class Key, class Model, class Hash, class Runtime>
-class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
+class ModelCacheCore final : public Reclaimable, public ForkAware {
  public:
   using Handle = std::shared_ptr<Model>;
   using Loader = std::function<Loaded<Model>()>;
@@ -279,10 +225,10 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
   explicit ModelCacheCore(ModelCacheOptions options)
       : options_(std::move(options)), acct_(std::make_shared<ModelCacheAccounting>()) {
     validate(options_);
-    model_cache_track(this);
+    enrol_fork_aware(this);  // a forked child rebuilds its locks (rule 5)
   }
 
-  ~ModelCacheCore() override { model_cache_untrack(this); }
+  ~ModelCacheCore() override { withdraw_fork_aware(this); }
 
   ModelCacheCore(const ModelCacheCore&) = delete;
   ModelCacheCore& operator=(const ModelCacheCore&) = delete;
@@ -510,7 +456,7 @@ class ModelCacheCore final : public Reclaimable, public ModelCacheLockOwner {
     }
   }
 
-  void reinit_locks_in_child() noexcept override {
+  void recreate_locks_in_child() noexcept override {
     for (auto& s : stripes_) new (&s.mutex) std::mutex();
     new (&lru_mutex_) std::mutex();
     new (&wait_mutex_) std::mutex();

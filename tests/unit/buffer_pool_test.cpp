@@ -770,7 +770,7 @@ TEST_F(BufferPoolTest, TrimLeavesAClassWithAWaiterToTheWaiter) {
 
 TEST_F(BufferPoolTest, ForkWaitsForThePoolListLock) {
   FakePool pool(device_options({{4096, 1}}));  // installs the fork handlers
-  auto& list = gs::detail::pool_core_list();
+  auto& list = gs::detail::fork_aware_list();
   std::atomic<bool> forked{false};
   list.mutex.lock();
   std::thread forker([&] {

@@ -1063,8 +1063,8 @@ TEST_F(ModelCacheTest, AFailedLoadWhoseKeyCannotBePrintedStillReleasesEveryone) 
 }
 
 TEST_F(ModelCacheTest, ForkWaitsWhileTheCacheListChanges) {
-  Cache c;  // installs the fork handlers of the cache list
-  auto& list = gs::detail::model_cache_fork_list();
+  Cache c;  // installs the fork handlers of the list of fork-aware objects
+  auto& list = gs::detail::fork_aware_list();
   std::atomic<bool> forked{false};
   pid_t child = -1;
   list.mutex.lock();  // as a cache being created or destroyed on another thread would
