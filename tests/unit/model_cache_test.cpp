@@ -92,6 +92,19 @@ class ModelCacheTest : public ::testing::Test {
     });
   }
 
+  // Records evictions and makes resident one primary, one secondary and one pinned secondary
+  // model of 10 bytes each: "p", "s", "pinned".
+  void load_one_of_each(Cache& c) {
+    record(c);
+    add(c, "p", 10, gs::Residency::primary);
+    add(c, "s", 10);
+    add(c, "pinned", 10);
+    c.pin("pinned");
+    c.get("p");
+    c.get("s");
+    c.get("pinned");
+  }
+
   std::map<std::string, int> loads;
   std::atomic<int> live{0};
   std::mutex events_mutex;
@@ -527,14 +540,7 @@ TEST_F(ModelCacheTest, RemoveDuringLoadServesTheCallerUncached) {
 
 TEST_F(ModelCacheTest, ClearEvictsEverythingButKeepsRegistrations) {
   Cache c;
-  record(c);
-  add(c, "p", 10, gs::Residency::primary);
-  add(c, "s", 10);
-  add(c, "pinned", 10);
-  c.pin("pinned");
-  c.get("p");
-  c.get("s");
-  c.get("pinned");
+  load_one_of_each(c);
   EXPECT_EQ(c.clear(), 30u);
   EXPECT_EQ(c.stats().models_resident, 0u);
   EXPECT_EQ(events.size(), 3u);
@@ -945,14 +951,7 @@ TEST_F(ModelCacheTest, IsAReclaimableInTheRegistry) {
 
 TEST_F(ModelCacheTest, ShutdownEvictsEveryUnpinnedModel) {
   Cache c;
-  record(c);
-  add(c, "p", 10, gs::Residency::primary);
-  add(c, "s", 10);
-  add(c, "pinned", 10);
-  c.pin("pinned");
-  c.get("p");
-  c.get("s");
-  c.get("pinned");
+  load_one_of_each(c);
   EXPECT_GE(gs::shutdown(), 20u);
   EXPECT_FALSE(c.is_resident("p"));
   EXPECT_FALSE(c.is_resident("s"));
