@@ -456,6 +456,18 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
   }
 
+  // Around fork() the forking thread holds every stripe and the LRU lock (in the order every
+  // other path takes them: stripes by index, then lru_mutex_), so a child never copies the map,
+  // the LRU links or a stripe's touch buffer half-changed.
+  void lock_for_fork() noexcept override {
+    for (auto& s : stripes_) s.mutex.lock();
+    lru_mutex_.lock();
+  }
+  void unlock_after_fork() noexcept override {
+    lru_mutex_.unlock();
+    for (unsigned i = kStripes; i-- > 0;) stripes_[i].mutex.unlock();
+  }
+
   void recreate_locks_in_child() noexcept override {
     for (auto& s : stripes_) new (&s.mutex) std::mutex();
     new (&lru_mutex_) std::mutex();
