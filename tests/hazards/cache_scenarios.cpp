@@ -176,7 +176,7 @@ GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(cache_forked_child) {
     }
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const int rc = hz::run_in_fork([&] {
+  const int rc = hz::run_in_child([&] {
     const auto calls = FakeRuntime::total_calls();
     for (int i = 0; i < 100; ++i) {
       (void)cache->try_get(i % 4);

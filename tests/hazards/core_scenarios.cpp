@@ -243,7 +243,7 @@ GPUSAFE_HAZARD_SCENARIO(fork_with_resources) {
       logger.join();
       reclaimer.join();
     }
-    const int rc = hz::run_in_fork([&] {
+    const int rc = hz::run_in_child([&] {
       const auto calls = FakeRuntime::total_calls();
       GPUSAFE_HAZARD_CHECK(gs::in_forked_child());
       GPUSAFE_HAZARD_CHECK(!gs::is_cuda_available());

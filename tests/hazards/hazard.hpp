@@ -19,13 +19,9 @@
 // failure prints the condition and ends the process at once with exit code 3, so the check also
 // works in static destructors, at-exit handlers, other threads and forked children.
 // DeviceBlock<Runtime> is a small RAII GPU allocation that follows the release rules, for
-// scenarios that need a resource; run_in_fork(fn) runs fn in a forked child.
+// scenarios that need a resource; run_in_child(fn) runs fn in a forked child.
 #ifndef GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
 #define GPUSAFE_TESTS_HAZARDS_HAZARD_HPP
-
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -36,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/runtime.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
@@ -96,32 +93,8 @@ struct Registrar {
   std::_Exit(kCheckFailedCode);
 }
 
-/// Runs `fn` in a forked child and returns its exit code (128 + signal if it was killed). The
-/// child ends with std::_Exit(fn()), so it runs no destructors and no atexit handlers of the
-/// parent's state unless `fn` does so itself.
-template <class Fn>
-int run_in_fork(Fn&& fn) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    int rc = 1;
-    try {
-      rc = fn();
-    } catch (...) {
-      std::fprintf(stderr, "HAZARD CHECK FAILED: exception escaped the forked child\n");
-      rc = kCheckFailedCode;
-    }
-    std::fflush(nullptr);
-    std::_Exit(rc);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
+/// Runs `fn` in a forked child and returns its exit code (tests/support/child_process.hpp).
+using gpusafe_test::run_in_child;
 
 /// Counts of what DeviceBlocks did at release (per copy of this header: each shared library
 /// has its own).

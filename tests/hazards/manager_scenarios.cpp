@@ -143,7 +143,7 @@ GPUSAFE_HAZARD_SCENARIO(manager_timer_in_forked_child) {
   if (!kSanitizedBuild)
     GPUSAFE_HAZARD_CHECK(eventually([&] { return manager.stats().timer_cleanups >= 2; }));
 
-  const int rc = hz::run_in_fork([&]() -> int {
+  const int rc = hz::run_in_child([&]() -> int {
     GPUSAFE_HAZARD_CHECK(gs::in_forked_child());
     manager.stop();
     GPUSAFE_HAZARD_CHECK(!manager.timer_running());
@@ -201,7 +201,7 @@ GPUSAFE_HAZARD_SCENARIO(manager_locks_across_fork) {
       hold = true;
       while (!held.load()) std::this_thread::yield();
     }
-    const int rc = hz::run_in_fork([&]() -> int {
+    const int rc = hz::run_in_child([&]() -> int {
       (void)manager.snapshot();
       (void)manager.report();
       (void)manager.history_csv();

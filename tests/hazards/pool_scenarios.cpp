@@ -113,7 +113,7 @@ GPUSAFE_HAZARD_SCENARIO(pool_forked_child) {
     }
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const int rc = hz::run_in_fork([&] {
+  const int rc = hz::run_in_child([&] {
     const auto calls = FakeRuntime::total_calls();
     dev_leases.clear();
     host_lease.release();

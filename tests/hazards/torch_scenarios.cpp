@@ -98,7 +98,7 @@ GPUSAFE_HAZARD_SCENARIO(torch_tensor_in_forked_child) {
   at::Tensor cpu_plain = torch::ones({64});
   for (int round = 0; round < 4; ++round) {
     const bool exit_normally = round % 2 == 1;
-    const int rc = hz::run_in_fork([&] {
+    const int rc = hz::run_in_child([&] {
       const auto calls = FakeRuntime::total_calls();
       GPUSAFE_HAZARD_CHECK(gs::in_forked_child());
       GPUSAFE_HAZARD_CHECK(gs::safe_tensor_cleanup(inherited, cpu_plain));

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 // Pointer-sized allocations on this thread can be made to fail, to test the pool's behaviour
@@ -596,37 +597,30 @@ TEST_F(BufferPoolTest, ForkedChildReleasesWithoutRuntimeCallsAndRefusesDeviceAcq
   auto host_lease = host->acquire(1);
   auto stream = FakeRuntime::create_stream();
   dev_lease.record_stream(stream);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  const int rc = gpusafe_test::run_in_child([&] {
     const auto calls = FakeRuntime::total_calls();
     dev_lease.release();
     host_lease.release();
-    if (FakeRuntime::total_calls() != calls) ::_exit(10);
+    if (FakeRuntime::total_calls() != calls) return 10;
     try {
       (void)dev->acquire(1);
-      ::_exit(11);
+      return 11;
     } catch (const gs::ForkedChild&) {
     } catch (...) {
-      ::_exit(12);
+      return 12;
     }
     try {
       auto h = host->acquire(1);  // host pools keep working
-      if (!h) ::_exit(13);
+      if (!h) return 13;
       std::memset(h.data(), 7, 4096);
     } catch (...) {
-      ::_exit(14);
+      return 14;
     }
     dev.reset();
     host.reset();
-    if (FakeRuntime::total_calls() != calls) ::_exit(15);
-    ::_exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "child check failed with code " << WEXITSTATUS(status);
+    return FakeRuntime::total_calls() != calls ? 15 : 0;
+  });
+  EXPECT_EQ(rc, 0) << "child check failed with code " << rc;
   // The fake's events point at their stream: release and trim before the stream goes.
   dev_lease.release();
   dev.reset();

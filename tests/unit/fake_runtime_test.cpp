@@ -3,8 +3,6 @@
 #include "gpusafe/testing/fake_runtime.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/lifecycle.hpp"
 
 namespace gs = gpusafe;
@@ -348,18 +347,13 @@ TEST(FakeRuntimeTeardown, WithoutTrapCallsAfterTeardownFailWithUnloading) {
 TEST_F(FakeRuntimeTest, ForkedChildGetsInitializationError) {
   int n = 0;
   ASSERT_TRUE(FakeRuntime::device_count(n).ok());
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  const int rc = gpusafe_test::run_in_child([] {
     int m = 0;
     const bool ok = FakeRuntime::device_count(m).code == gs::codes::initialization_error &&
                     !FakeRuntime::gpu_available();
-    ::_exit(ok ? 0 : 1);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+    return ok ? 0 : 1;
+  });
+  EXPECT_EQ(rc, 0);
   EXPECT_TRUE(FakeRuntime::device_count(n).ok()) << "the parent is unaffected";
 }
 

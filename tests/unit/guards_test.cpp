@@ -2,8 +2,6 @@
 #include "gpusafe/guards.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <array>
 #include <deque>
@@ -16,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 namespace gs = gpusafe;
@@ -77,16 +76,7 @@ class FakeBuffer {
   void* p_ = nullptr;
 };
 
-/// Runs `fn` in a forked child; returns its exit code (or 128 + signal).
-template <class Fn>
-int in_child(Fn fn) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) std::_Exit(fn());
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+using gpusafe_test::run_in_child;
 
 class GuardsTest : public ::testing::Test {
  protected:
@@ -164,7 +154,7 @@ TEST_F(GuardsTest, NoSynchronizeOnPoisonedDevice) {
 }
 
 TEST_F(GuardsTest, NoRuntimeCallInForkedChild) {
-  const int rc = in_child([] {
+  const int rc = run_in_child([] {
     const auto before = FakeRuntime::total_calls();
     int runs = 0;
     {
@@ -272,7 +262,7 @@ TEST_F(GuardsTest, DeviceGuardRestoreFailureIsLoggedNotThrown) {
 }
 
 TEST_F(GuardsTest, DeviceGuardInForkedChild) {
-  const int rc = in_child([] {
+  const int rc = run_in_child([] {
     const auto before = FakeRuntime::total_calls();
     try {
       FakeDeviceGuard guard(1);
@@ -393,7 +383,7 @@ TEST_F(GuardsTest, CleanupLeaksInsteadOfCallingTheRuntimeInForkedChild) {
   std::optional<FakeBuffer> o(std::in_place, 40);
   std::vector<FakeBuffer> v;
   v.emplace_back(50);
-  const int rc = in_child([&] {
+  const int rc = run_in_child([&] {
     const auto before = FakeRuntime::total_calls();
     const bool released = gs::safe_tensor_cleanup(b, u, s, o, v);
     if (!released) return 1;
@@ -424,7 +414,7 @@ TEST_F(GuardsTest, CleanupLeaksAtExit) {
     FakeRuntime::trap_after_teardown(true);
     std::exit(9);  // the handler turns this into 0 when everything was leaked correctly
   }
-  const int rc = in_child([] {
+  const int rc = run_in_child([] {
     ::setenv("GPUSAFE_GUARDS_EXIT_CHILD", "1", 1);
     ::execl("/proc/self/exe", "guards_test", "--gtest_filter=GuardsTest.CleanupLeaksAtExit",
             static_cast<char*>(nullptr));

@@ -4,8 +4,6 @@
 #include "gpusafe/lifecycle.hpp"
 
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 namespace gs = gpusafe;
@@ -27,40 +26,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr int kHung = -2;
-
-// Runs `fn` in a forked child that ends with _exit(fn()). Returns the exit code, 128 + signal
-// when killed, or kHung when the child had to be killed by the watchdog after `limit`.
-template <class Fn>
-int run_in_child(Fn fn, std::chrono::milliseconds limit = 10s) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    int rc = 1;
-    try {
-      rc = fn();
-    } catch (...) {
-      rc = 99;
-    }
-    ::_exit(rc);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return kHung;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
+using gpusafe_test::kChildHung;
+using gpusafe_test::run_in_child;
 
 // A resource for the registry tests: records the order and the requests it saw.
 class Probe : public gs::Reclaimable {
@@ -342,7 +309,7 @@ TEST(Fork, ChildLogsAndReclaimsWhileLocksWereHeldAtForkTime) {
   gs::set_log_sink(std::move(old_sink));
   gs::set_log_level(old_level);
 
-  EXPECT_NE(rc, kHung) << "the child hung on a lock inherited held";
+  EXPECT_NE(rc, kChildHung) << "the child hung on a lock inherited held";
   EXPECT_EQ(rc, 0);
   EXPECT_TRUE(slow.finished.load());
 }

@@ -2,8 +2,6 @@
 #include "gpusafe/memory_manager.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -16,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/buffer_pool.hpp"
 #include "gpusafe/model_cache.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
@@ -840,22 +839,15 @@ TEST_F(MemoryManagerTest, ForkedChildForgetsTheTimer) {
   m.attach(r);
   m.start();
   ASSERT_TRUE(wait_until([&] { return m.stats().timer_cleanups >= 1; }));
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  const int rc = gpusafe_test::run_in_child([&] {
     // Child: the timer thread does not exist here; stop() must not wait for it.
-    alarm(10);
     m.stop();
-    int rc = m.timer_running() ? 2 : 0;
+    int child_rc = m.timer_running() ? 2 : 0;
     m.cleanup();  // works (no runtime call in a child)
-    if (m.stats().manual_cleanups != 1) rc = 3;
-    std::_Exit(rc);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+    if (m.stats().manual_cleanups != 1) child_rc = 3;
+    return child_rc;
+  });
+  EXPECT_EQ(rc, 0);
   EXPECT_TRUE(m.timer_running());  // the parent's timer is untouched
   m.stop();
 }

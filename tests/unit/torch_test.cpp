@@ -2,10 +2,8 @@
 #include "gpusafe/torch.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/linear.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -17,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/child_process.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 namespace gs = gpusafe;
@@ -165,23 +164,17 @@ TEST(TorchCleanup, ForkedChildLeaksRuntimeOwnedTensors) {
   at::Tensor external = external_tensor(deleted);
   at::Tensor plain = torch::ones({8});
   torch::nn::Linear linear(2, 2);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    int rc = 0;
-    if (!gs::in_forked_child()) rc = 10;
-    if (!gs::safe_tensor_cleanup(external)) rc = 11;
-    if (external.defined()) rc = 12;
-    if (deleted.load() != 0) rc = 13;  // the deleter must not have run
-    if (!gs::safe_tensor_cleanup(plain) || plain.defined()) rc = 14;
-    if (!gs::safe_tensor_cleanup(linear) || !linear.is_empty()) rc = 15;
-    std::_Exit(rc);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const int rc = gpusafe_test::run_in_child([&] {
+    int child_rc = 0;
+    if (!gs::in_forked_child()) child_rc = 10;
+    if (!gs::safe_tensor_cleanup(external)) child_rc = 11;
+    if (external.defined()) child_rc = 12;
+    if (deleted.load() != 0) child_rc = 13;  // the deleter must not have run
+    if (!gs::safe_tensor_cleanup(plain) || plain.defined()) child_rc = 14;
+    if (!gs::safe_tensor_cleanup(linear) || !linear.is_empty()) child_rc = 15;
+    return child_rc;
+  });
+  EXPECT_EQ(rc, 0);
   // The parent is not gone: the same cleanup runs the deleter.
   EXPECT_TRUE(gs::safe_tensor_cleanup(external));
   EXPECT_EQ(deleted.load(), 1);

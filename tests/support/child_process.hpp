@@ -1,0 +1,59 @@
+// tests/support/child_process.hpp: runs a test body in a forked child process, for the unit
+// tests and the hazard scenarios that check what a fork() child sees.
+#ifndef GPUSAFE_TESTS_SUPPORT_CHILD_PROCESS_HPP
+#define GPUSAFE_TESTS_SUPPORT_CHILD_PROCESS_HPP
+
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+namespace gpusafe_test {
+
+/// What run_in_child returns when the child outlived its time limit and was killed.
+constexpr int kChildHung = -2;
+/// The exit code of a child whose body threw.
+constexpr int kChildThrew = 99;
+
+/// Runs `fn` (returning int) in a forked child that ends with std::_Exit(fn()), so it runs no
+/// destructors and no atexit handlers of the parent's state unless `fn` does so itself.
+/// Returns the child's exit code, 128 + signal when it was killed, kChildHung when it did not
+/// end within `limit` (it is then killed), or -1 when fork() failed.
+template <class Fn>
+int run_in_child(Fn&& fn, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int rc = kChildThrew;
+    try {
+      rc = fn();
+    } catch (...) {
+      std::fprintf(stderr, "child process: an exception escaped the test body\n");
+    }
+    std::fflush(nullptr);
+    std::_Exit(rc);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) != pid) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return kChildHung;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace gpusafe_test
+
+#endif  // GPUSAFE_TESTS_SUPPORT_CHILD_PROCESS_HPP
