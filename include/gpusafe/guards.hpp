@@ -180,9 +180,10 @@ class BasicSafeCudaCleanup {
       try {
         action->run();
       } catch (const std::exception& e) {
-        if (failures++ == 0) first_failure = safe_what(e);
+        if (failures++ == 0) first_failure = copy_or_empty(e.what());
       } catch (...) {
-        if (failures++ == 0) first_failure = "an exception not derived from std::exception";
+        if (failures++ == 0)
+          first_failure = copy_or_empty("an exception not derived from std::exception");
       }
     }
     if (failures > 0) {
@@ -211,9 +212,10 @@ class BasicSafeCudaCleanup {
     if (!s.ok()) detail::log_release_failure("SafeCudaCleanup", "synchronize", device, s);
   }
 
-  static std::string safe_what(const std::exception& e) noexcept {
+  /// `text` as a string, or an empty one when there is no memory for it (run() is noexcept).
+  static std::string copy_or_empty(const char* text) noexcept {
     try {
-      return e.what();
+      return text;
     } catch (...) {
       return {};
     }

@@ -446,10 +446,22 @@ class BasicMemoryManager {
       throw ShuttingDown(what + ": the process is exiting; start the timer before exit begins");
     std::lock_guard<std::mutex> control(sync_.control);
     forget_foreign_timer();
-    if (timer_.joinable()) return;
+    if (timer_.joinable()) {
+      std::lock_guard<std::mutex> lock(sync_.timer);
+      if (!stop_requested_) return;  // running
+      if (!timer_loop_ended_) {
+        // Stopped from one of its own cleanups and not yet out of its loop: it keeps running.
+        stop_requested_ = false;
+        interval_ = interval;
+        timer_running_.store(true, std::memory_order_release);
+        return;
+      }
+    }
+    if (timer_.joinable()) timer_.join();  // its loop has ended: nothing left to wait for
     {
       std::lock_guard<std::mutex> lock(sync_.timer);
       stop_requested_ = false;
+      timer_loop_ended_ = false;
       interval_ = interval;
     }
     try {
@@ -896,6 +908,7 @@ class BasicMemoryManager {
       run_cleanup(timer_cleanups_);
       lock.lock();
     }
+    timer_loop_ended_ = true;
   }
 
   /// In a forked child the timer thread does not exist (fork copies only the calling thread).
@@ -916,9 +929,9 @@ class BasicMemoryManager {
       stop_requested_ = true;
     }
     sync_.wake.notify_all();
+    timer_running_.store(false, std::memory_order_release);
     if (timer_.get_id() == std::this_thread::get_id()) return;  // called from a cleanup: it ends
     timer_.join();
-    timer_running_.store(false, std::memory_order_release);
   }
 
   // ---- logging -------------------------------------------------------------------------------
@@ -1019,7 +1032,8 @@ class BasicMemoryManager {
 
   std::thread timer_;
   pid_t timer_pid_ = 0;
-  bool stop_requested_ = false;  // guarded by sync_.timer
+  bool stop_requested_ = false;    // guarded by sync_.timer
+  bool timer_loop_ended_ = false;  // guarded by sync_.timer: the thread is past its loop
   std::chrono::milliseconds interval_{0};
   std::atomic<bool> timer_running_{false};
 

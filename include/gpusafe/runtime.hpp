@@ -180,6 +180,16 @@ constexpr const char* code_name(int code) noexcept {
       return "cudaErrorContextIsDestroyed";
     case codes::assert_triggered:
       return "cudaErrorAssert";
+    case codes::hardware_stack_error:
+      return "cudaErrorHardwareStackError";
+    case codes::illegal_instruction:
+      return "cudaErrorIllegalInstruction";
+    case codes::misaligned_address:
+      return "cudaErrorMisalignedAddress";
+    case codes::invalid_address_space:
+      return "cudaErrorInvalidAddressSpace";
+    case codes::invalid_pc:
+      return "cudaErrorInvalidPc";
     case codes::launch_failure:
       return "cudaErrorLaunchFailure";
     case codes::unknown:

@@ -155,7 +155,7 @@ inline bool release_tensor(at::Tensor& t) noexcept {
   if (!t.defined()) return false;
   if (runtime_is_gone() && tensor_needs_runtime(t)) {
     // Keeps the reference count forever: no destructor, no deleter, no runtime call.
-    (void)t.unsafeReleaseTensorImpl();
+    mark_deliberate_leak(t.unsafeReleaseTensorImpl());
     return true;
   }
   try {
@@ -222,11 +222,7 @@ struct CleanupTraits<torch::jit::Module> {
   static bool release(torch::jit::Module& m) noexcept {
     if (!detail::jit_module_holds(m)) return false;
     if (detail::runtime_is_gone() && detail::module_needs_runtime(m)) {
-      if (new (std::nothrow) torch::jit::Module(std::move(m)) == nullptr) {  // leaked on purpose
-        detail::log_cleanup_failure_once<torch::jit::Module>(
-            "could not move a module aside at exit");
-        return false;
-      }
+      if (!leak_for_teardown(m)) return false;
       try {
         m = torch::jit::Module();
       } catch (...) {
@@ -325,6 +321,7 @@ struct LeaseBox {
   BufferLease lease;
   bool armed = false;
   StreamHandle stream = nullptr;  ///< LibTorch's stream when the tensor was made (CUDA)
+  bool has_stream = false;        ///< set for CUDA tensors: the default stream's handle is null
 };
 
 inline void release_lease_box(void* context) noexcept {
@@ -333,7 +330,7 @@ inline void release_lease_box(void* context) noexcept {
 #if GPUSAFE_TORCH_WITH_CUDA
   // Like LibTorch's own allocator: the memory is reused only after the work queued on the stream
   // it was made on has finished.
-  if (box->stream && box->lease && box->lease.kind() == MemoryKind::device) {
+  if (box->has_stream && box->lease && box->lease.kind() == MemoryKind::device) {
     RuntimeCallGate gate;
     if (gate) {
       try {
@@ -387,9 +384,11 @@ inline at::Tensor as_tensor_impl(BufferLease& lease, at::IntArrayRef sizes,
   at::Tensor tensor;
   try {
 #if GPUSAFE_TORCH_WITH_CUDA
-    if (device.is_cuda())
+    if (device.is_cuda()) {
       raw->stream = static_cast<StreamHandle>(
           c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device.index())).stream());
+      raw->has_stream = true;
+    }
 #endif
     tensor = torch::from_blob(
         data, sizes, used_strides, [raw](void*) { release_lease_box(raw); },

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -406,6 +407,20 @@ TEST_F(FakeRuntimeTest, FailNthAllocationZeroIsATypedError) {
     FAIL() << "expected InvalidArgument";
   } catch (const gs::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("pass 1 or more"), std::string::npos) << e.what();
+  }
+  void* p = nullptr;
+  ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 8, &p).ok()) << "no fault was armed";
+  EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
+}
+
+TEST_F(FakeRuntimeTest, FailCallZeroTimesIsATypedError) {
+  for (std::int64_t times : {std::int64_t{0}, std::int64_t{-2}}) {
+    try {
+      FakeRuntime::fail_call(FakeOp::allocate, gs::codes::memory_allocation, 0, times);
+      FAIL() << "fail_call accepted times = " << times;
+    } catch (const gs::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("-1 for every call"), std::string::npos) << e.what();
+    }
   }
   void* p = nullptr;
   ASSERT_TRUE(FakeRuntime::allocate(MemoryKind::device, 0, 8, &p).ok()) << "no fault was armed";

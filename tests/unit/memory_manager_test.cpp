@@ -561,6 +561,41 @@ TEST_F(MemoryManagerTest, TimerRunsCleanupsAndStopsAndRestarts) {
   EXPECT_FALSE(m.timer_running());
 }
 
+/// Stops the manager from inside the first timer cleanup that reaches it.
+class StopsTheTimer : public Recorder {
+ public:
+  explicit StopsTheTimer(Manager& m)
+      : Recorder("stopper", gs::ReclaimCost::idle_memory, 0), m_(m) {}
+  std::size_t reclaim(const gs::ReclaimRequest& request) noexcept override {
+    if (!stopped_.exchange(true)) m_.stop();
+    return Recorder::reclaim(request);
+  }
+
+ private:
+  Manager& m_;
+  std::atomic<bool> stopped_{false};
+};
+
+TEST_F(MemoryManagerTest, TimerStoppedFromItsOwnCleanupReportsStoppedAndStartsAgain) {
+  gs::MemoryManagerOptions o;
+  o.cleanup_interval = 2ms;
+  Manager m(o);
+  auto r = std::make_shared<StopsTheTimer>(m);
+  m.attach(r);
+  m.start();
+  ASSERT_TRUE(wait_until([&] { return r->calls(gs::ReclaimLevel::light) >= 1; }));
+  EXPECT_FALSE(m.timer_running()) << "stop() from the timer's own cleanup left it reported running";
+  std::this_thread::sleep_for(30ms);
+  const auto stopped_at = m.stats().timer_cleanups;
+  EXPECT_EQ(stopped_at, 1u);
+  m.start();
+  EXPECT_TRUE(m.timer_running());
+  EXPECT_TRUE(wait_until([&] { return m.stats().timer_cleanups >= stopped_at + 2; }))
+      << "start() after a stop from the timer's own cleanup did not run the timer again";
+  m.stop();
+  EXPECT_FALSE(m.timer_running());
+}
+
 TEST_F(MemoryManagerTest, StopWakesTheTimerAtOnce) {
   gs::MemoryManagerOptions o;
   o.cleanup_interval = std::chrono::hours(1);

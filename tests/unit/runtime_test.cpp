@@ -113,6 +113,13 @@ TEST(Classify, CodeNamesAndDescribe) {
   EXPECT_STREQ(gs::code_name(35), "cudaErrorInsufficientDriver");
   EXPECT_STREQ(gs::code_name(709), "cudaErrorContextIsDestroyed");
   EXPECT_STREQ(gs::code_name(424242), "cudaError");
+  EXPECT_STREQ(gs::code_name(716), "cudaErrorMisalignedAddress");
+  // Every code the library classifies has its own name (a poisoned-device message names it).
+  for (int code = 0; code < 1000; ++code) {
+    if (gs::classify(code) != gs::ErrorClass::other) {
+      EXPECT_STRNE(gs::code_name(code), "cudaError") << "code " << code;
+    }
+  }
   EXPECT_EQ(gs::Status{100}.describe(), "cudaErrorNoDevice (100)");
   EXPECT_EQ(gs::Status{424242}.describe(), "cudaError (424242)");
 }

@@ -5,7 +5,12 @@
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/linear.h>
 
+#if GPUSAFE_TORCH_WITH_CUDA
+#include <ATen/cuda/Sleep.h>
+#endif
+
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -321,6 +326,27 @@ TEST(TorchAsTensor, DevicePoolFollowsWhereTheMemoryIs) {
   EXPECT_TRUE(gs::safe_tensor_cleanup(t));
   EXPECT_EQ(in_use(pool), 0u);
 }
+
+#if GPUSAFE_TORCH_WITH_CUDA
+// LibTorch's default stream has a null handle: a tensor made on it must still keep its slot out of
+// the pool until the work queued there has finished.
+TEST(TorchAsTensor, DefaultStreamWorkKeepsTheSlotUntilItFinishes) {
+  if (!(gs::is_cuda_available() && torch::cuda::is_available())) GTEST_SKIP() << "no usable GPU";
+  gs::BufferPoolOptions o;
+  o.kind = gs::MemoryKind::device;
+  o.classes = {{1 << 12, 1}};
+  o.fallback = gs::Fallback::error;
+  gs::BufferPool pool(o);
+  {
+    at::Tensor t = gs::as_tensor(pool.acquire(1 << 12), {1 << 10}, at::kFloat);
+    at::cuda::sleep(std::int64_t{400'000'000});  // ~0.2 s of GPU time on the current stream
+    t.fill_(1.0f);
+  }  // the tensor dies while the stream still runs
+  EXPECT_FALSE(pool.try_acquire(1 << 12)) << "the slot was handed out while the stream used it";
+  torch::cuda::synchronize();
+  EXPECT_TRUE(pool.try_acquire(1 << 12));
+}
+#endif
 
 // A FakeRuntime "device" buffer is host memory posing as a GPU's: LibTorch must not be told it is
 // a CUDA pointer, and the lease stays with the caller.

@@ -189,6 +189,13 @@ inline bool valid_device(int device) noexcept {
   return device >= 0 && device < state().device_count.load();
 }
 
+/// The simulated device `device`, or null when there is none; st.mutex must be held (a reset()
+/// on another thread may change the number of devices).
+inline Device* device_locked(State& st, int device) noexcept {
+  if (device < 0 || static_cast<std::size_t>(device) >= st.devices.size()) return nullptr;
+  return &st.devices[static_cast<std::size_t>(device)];
+}
+
 }  // namespace detail_fake
 
 /// A simulated GPU runtime (see the header comment). Configuration functions are for tests; the
@@ -230,6 +237,10 @@ class FakeRuntime {
 
   /// The calls of `op` after the first `skip` fail with `code`, `times` times (-1 = forever).
   static void fail_call(FakeOp op, int code, std::uint64_t skip = 0, std::int64_t times = 1) {
+    if (times == 0 || times < -1)
+      throw InvalidArgument("FakeRuntime::fail_call(" + std::string(to_string(op)) + ", " +
+                            std::to_string(code) + "): times is " + std::to_string(times) +
+                            "; pass 1 or more, or -1 for every call");
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     st.faults.push_back({op, code, st.calls[static_cast<int>(op)].load() + skip, times});
@@ -348,12 +359,12 @@ class FakeRuntime {
                             std::size_t& total_bytes) noexcept {
     free_bytes = total_bytes = 0;
     return finish(FakeOp::memory_info, device, [&] {
-      if (!detail_fake::valid_device(device)) return codes::invalid_device;
       State& st = state();
       std::lock_guard<std::mutex> lock(st.mutex);
-      const auto& d = st.devices[static_cast<std::size_t>(device)];
-      total_bytes = d.override_info ? d.info_total : d.capacity;
-      free_bytes = d.override_info ? d.info_free : d.capacity - d.used;
+      const detail_fake::Device* d = detail_fake::device_locked(st, device);
+      if (!d) return codes::invalid_device;
+      total_bytes = d->override_info ? d->info_total : d->capacity;
+      free_bytes = d->override_info ? d->info_free : d->capacity - d->used;
       return codes::success;
     });
   }
@@ -449,11 +460,11 @@ class FakeRuntime {
   static int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
     State& st = state();
     const bool on_device = kind == MemoryKind::device;
-    if (on_device && !detail_fake::valid_device(device)) return codes::invalid_device;
     std::lock_guard<std::mutex> lock(st.mutex);
     if (on_device) {
-      auto& d = st.devices[static_cast<std::size_t>(device)];
-      if (bytes > d.capacity - d.used) return codes::memory_allocation;
+      const detail_fake::Device* d = detail_fake::device_locked(st, device);
+      if (!d) return codes::invalid_device;
+      if (bytes > d->capacity - d->used) return codes::memory_allocation;
     }
     const bool mapped = on_device && st.protect_device.load();
     void* p = mapped ? map_inaccessible(bytes) : gpusafe::detail::host_allocate(bytes);
