@@ -291,6 +291,13 @@ class BufferLease {
         overflow_(overflow) {}
 
   void check_as(std::size_t type_size, std::size_t type_align) const {
+    if (GPUSAFE_UNLIKELY(!data_ || type_size > size_ ||
+                         reinterpret_cast<std::uintptr_t>(data_) % type_align != 0))
+      throw_bad_as(type_size, type_align);
+  }
+
+  // Cold: builds the message only when as<T>() is refused.
+  [[noreturn]] void throw_bad_as(std::size_t type_size, std::size_t type_align) const {
     const std::string what = std::string("BufferLease::as<T>() (sizeof ") +
                              std::to_string(type_size) + ", alignof " + std::to_string(type_align) +
                              ")";
@@ -299,10 +306,9 @@ class BufferLease {
       throw InvalidArgument(what + " on a " + std::to_string(size_) + "-byte lease of pool '" +
                             pool_name() + "': the buffer is smaller than one T; acquire at least " +
                             std::to_string(type_size) + " bytes");
-    if (reinterpret_cast<std::uintptr_t>(data_) % type_align != 0)
-      throw InvalidArgument(what + " on a lease of pool '" + pool_name() +
-                            "': the buffer is not aligned for T; raise the pool's alignment to " +
-                            std::to_string(type_align) + " or more");
+    throw InvalidArgument(what + " on a lease of pool '" + pool_name() +
+                          "': the buffer is not aligned for T; raise the pool's alignment to " +
+                          std::to_string(type_align) + " or more");
   }
 
   std::shared_ptr<detail::PoolCoreBase> core_;
@@ -918,6 +924,7 @@ class PoolCore final : public PoolCoreBase {
   }
 
   void check_admission(std::size_t bytes) const {
+    if (GPUSAFE_LIKELY(!detail::gpu_request_refused(options_.device))) return;
     check_gpu_request(options_.device,
                       "acquire(" + std::to_string(bytes) + " bytes) from " + pool_label());
   }

@@ -63,9 +63,6 @@ inline std::size_t safe_cuda_empty_cache() noexcept {
 
 namespace detail {
 
-/// Whether runtime calls must be avoided from now on in this process.
-inline bool runtime_is_gone() noexcept { return is_exiting() || is_forked_child(); }
-
 /// Tells LeakSanitizer (when present) that `p` is leaked on purpose, so it is not reported.
 inline void mark_deliberate_leak(const void* p) noexcept {
 #if GPUSAFE_HAS_LSAN
@@ -480,7 +477,8 @@ class BasicDeviceGuard {
     // tears down; refused when forked or exiting, which check_gpu_request reports clearly.
     detail::RuntimeCallGate gate;
     if (!gate) check_gpu_request(device, what);
-    throw_on_failure(Runtime::get_device(previous_), what + ": reading the current device");
+    const Status current = Runtime::get_device(previous_);
+    if (!current.ok()) throw_status(current, what + ": reading the current device");
     if (previous_ == device) return;
     const Status s = Runtime::set_device(device);
     if (!s.ok()) {

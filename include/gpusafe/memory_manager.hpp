@@ -789,7 +789,7 @@ class BasicMemoryManager {
       }
       result.checked = true;
       result.total_bytes = total;
-      result.used_before = total - std::min(free_bytes, total);
+      result.used_before = detail::used_bytes(free_bytes, total);
       result.target_bytes =
           static_cast<std::size_t>(options_.release_threshold * static_cast<double>(total));
       std::size_t used = result.used_before;
@@ -823,7 +823,7 @@ class BasicMemoryManager {
         // resource reported even when the measurement lags.
         std::size_t f = 0, t = 0;
         bool g = false;
-        std::size_t measured = read_memory(f, t, g) ? t - std::min(f, t) : used;
+        std::size_t measured = read_memory(f, t, g) ? detail::used_bytes(f, t) : used;
         used = std::min(measured, used > freed ? used - freed : 0);
         return used <= result.target_bytes;
       };
@@ -832,19 +832,7 @@ class BasicMemoryManager {
         if (r->reclaim_cost() == ReclaimCost::controller) continue;
         if ((reached = ask(*r))) break;
       }
-      if (!reached) {
-        // Framework caches (LibTorch's allocator) that are only in the global registry.
-        for (const auto& entry : detail::registry_snapshot()) {
-          if (entry->cost != ReclaimCost::framework_cache) continue;
-          std::lock_guard<std::recursive_mutex> lock(entry->mutex);
-          if (!entry->target) continue;
-          const bool is_attached =
-              std::any_of(resources.begin(), resources.end(),
-                          [&](const auto& r) { return r.get() == entry->target; });
-          if (is_attached) continue;
-          if ((reached = ask(*entry->target))) break;
-        }
-      }
+      if (!reached) reached = for_each_unattached_framework_cache(resources, ask);
       result.used_after = used;
       result.target_reached = reached;
       bytes_released_.fetch_add(result.bytes_freed, std::memory_order_relaxed);
@@ -870,22 +858,32 @@ class BasicMemoryManager {
     s.device = options_.device;
     s.memory_known = read_memory(s.device_free_bytes, s.device_total_bytes, s.device_is_gpu);
     if (s.memory_known)
-      s.device_used_bytes =
-          s.device_total_bytes - std::min(s.device_free_bytes, s.device_total_bytes);
+      s.device_used_bytes = detail::used_bytes(s.device_free_bytes, s.device_total_bytes);
     const auto resources = live_attached();
     for (const auto& r : resources)
       s.resources.push_back({r->reclaimable_name(), r->reclaim_cost(), r->usage(), true});
+    for_each_unattached_framework_cache(resources, [&](Reclaimable& r) {
+      s.resources.push_back({r.reclaimable_name(), ReclaimCost::framework_cache, r.usage(), false});
+      return false;
+    });
+    return s;
+  }
+
+  /// Calls fn(resource) for each framework cache (LibTorch's allocator) that is in the global
+  /// registry but not in `attached`, under its registry entry's lock (so that unregistering
+  /// waits), until fn returns true. Returns whether one did.
+  template <class Fn>
+  static bool for_each_unattached_framework_cache(
+      const std::vector<std::shared_ptr<Reclaimable>>& attached, Fn&& fn) {
     for (const auto& entry : detail::registry_snapshot()) {
       if (entry->cost != ReclaimCost::framework_cache) continue;
       std::lock_guard<std::recursive_mutex> lock(entry->mutex);
       if (!entry->target) continue;
-      const bool is_attached = std::any_of(resources.begin(), resources.end(),
+      const bool is_attached = std::any_of(attached.begin(), attached.end(),
                                            [&](const auto& r) { return r.get() == entry->target; });
-      if (!is_attached)
-        s.resources.push_back(
-            {entry->target->reclaimable_name(), entry->cost, entry->target->usage(), false});
+      if (!is_attached && fn(*entry->target)) return true;
     }
-    return s;
+    return false;
   }
 
   void record(const MemorySnapshot& s) {

@@ -787,12 +787,12 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       s = Runtime::memory_info(options_.device, free_bytes, total);
     }
     if (!s.ok() || total == 0) {
-      pressure_log_.operator()(
-          LogLevel::warning,
-          "ModelCache '" + options_.name + "': memory_info failed; pressure eviction skipped");
+      if (pressure_log_.first())
+        log(LogLevel::warning,
+            "ModelCache '" + options_.name + "': memory_info failed; pressure eviction skipped");
       return 0;
     }
-    const std::size_t used = total - (free_bytes < total ? free_bytes : total);
+    const std::size_t used = detail::used_bytes(free_bytes, total);
     const double used_d = static_cast<double>(used);
     if (used_d <= options_.high_watermark * static_cast<double>(total)) return 0;
     const auto low_bytes =

@@ -230,6 +230,11 @@ inline Status note_status(Status s, int device) noexcept {
   return s;
 }
 
+/// Bytes in use from a memory_info() reading (free above total counts as none used).
+constexpr std::size_t used_bytes(std::size_t free_bytes, std::size_t total_bytes) noexcept {
+  return total_bytes - (free_bytes < total_bytes ? free_bytes : total_bytes);
+}
+
 }  // namespace detail
 
 /// The CPU fallback: every kind of memory is aligned host memory; no devices, no streams.
@@ -251,8 +256,7 @@ struct HostRuntime {
     return {};
   }
   static Status memory_info(int, std::size_t& free_bytes, std::size_t& total_bytes) noexcept {
-    total_bytes = detail::meminfo_bytes("MemTotal");
-    free_bytes = detail::meminfo_bytes("MemAvailable");
+    detail::host_memory_figures(total_bytes, free_bytes);
     return {};
   }
   static Status synchronize(int) noexcept { return {}; }
@@ -518,6 +522,15 @@ inline void throw_on_failure(Status s, const std::string& what, const std::strin
   if (GPUSAFE_UNLIKELY(!s.ok())) throw_status(s, what, fix);
 }
 
+namespace detail {
+
+/// Whether check_gpu_request would throw: a cheap test that needs no message.
+inline bool gpu_request_refused(int device) noexcept {
+  return runtime_is_gone() || is_poisoned(device);
+}
+
+}  // namespace detail
+
 /// Acquire-side admission for a GPU request: throws ForkedChild, ShuttingDown or DevicePoisoned
 /// with a message naming `what`.
 inline void check_gpu_request(int device, const std::string& what) {
@@ -545,7 +558,7 @@ MemoryKind resolve_memory_kind(MemoryKind kind, Fallback fallback, bool* fell_ba
                                const std::string& what) {
   *fell_back = false;
   if (kind == MemoryKind::host) return kind;
-  if (detail::is_forked_child() || detail::is_exiting()) check_gpu_request(0, what);
+  if (detail::runtime_is_gone()) check_gpu_request(0, what);
   if (Runtime::gpu_available()) return kind;
   if (fallback == Fallback::error)
     throw NoGpu(what + ": " + to_string(kind) + " memory was asked for with Fallback::error, but " +
@@ -562,8 +575,7 @@ inline DeviceInfo host_device_info() {
   info.is_gpu = false;
   info.name = host_cpu_name();
   info.multiprocessors = host_cpu_count();
-  info.total_memory = meminfo_bytes("MemTotal");
-  info.free_memory = meminfo_bytes("MemAvailable");
+  (void)HostRuntime::memory_info(0, info.free_memory, info.total_memory);
   return info;
 }
 

@@ -120,23 +120,13 @@ bool any_tensor_needs_runtime(const Tensors& tensors) {
   return false;
 }
 
-/// Whether an nn::Module (recursively) holds a tensor that tensor_needs_runtime(). Unsure: true.
-inline bool module_needs_runtime(const torch::nn::Module& m) noexcept {
+/// Whether a module (nn::Module or jit::Module; recursively) holds a tensor that
+/// tensor_needs_runtime(). Unsure: true.
+template <class M>
+bool module_needs_runtime(const M& m) noexcept {
   try {
     return any_tensor_needs_runtime(m.parameters(true)) ||
            any_tensor_needs_runtime(m.buffers(true));
-  } catch (...) {
-    return true;
-  }
-}
-
-inline bool module_needs_runtime(const torch::jit::Module& m) noexcept {
-  try {
-    for (const auto& t : m.parameters(true))
-      if (tensor_needs_runtime(t)) return true;
-    for (const auto& t : m.buffers(true))
-      if (tensor_needs_runtime(t)) return true;
-    return false;
   } catch (...) {
     return true;
   }
@@ -440,16 +430,23 @@ void add_tensor_bytes(const Tensors& tensors, std::unordered_set<const void*>& s
   }
 }
 
+/// Bytes of a module's (nn::Module or jit::Module) parameters and buffers, recursively; a tensor
+/// shared between submodules counts once.
+template <class M>
+std::size_t module_tensor_bytes(const M& module) {
+  std::unordered_set<const void*> seen;
+  std::size_t total = 0;
+  add_tensor_bytes(module.parameters(true), seen, total);
+  add_tensor_bytes(module.buffers(true), seen, total);
+  return total;
+}
+
 }  // namespace detail
 
 /// Bytes of a module's parameters and buffers, recursively; a tensor shared between submodules
 /// counts once. For ModelCache budgets (Loaded<Model>::bytes).
 inline std::size_t module_bytes(const torch::nn::Module& module) {
-  std::unordered_set<const void*> seen;
-  std::size_t total = 0;
-  detail::add_tensor_bytes(module.parameters(true), seen, total);
-  detail::add_tensor_bytes(module.buffers(true), seen, total);
-  return total;
+  return detail::module_tensor_bytes(module);
 }
 
 /// module_bytes of the module a holder (torch::nn::Linear, ...) refers to; 0 for an empty one.
@@ -467,12 +464,7 @@ std::size_t module_bytes(const std::shared_ptr<M>& module) {
 /// Bytes of a TorchScript module's parameters and buffers (attributes of its submodules
 /// included); 0 for an empty module.
 inline std::size_t module_bytes(const torch::jit::Module& module) {
-  if (!detail::jit_module_holds(module)) return 0;
-  std::unordered_set<const void*> seen;
-  std::size_t total = 0;
-  detail::add_tensor_bytes(module.parameters(true), seen, total);
-  detail::add_tensor_bytes(module.buffers(true), seen, total);
-  return total;
+  return detail::jit_module_holds(module) ? detail::module_tensor_bytes(module) : 0;
 }
 
 // ---- loaders --------------------------------------------------------------------------------

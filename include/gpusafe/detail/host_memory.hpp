@@ -28,21 +28,25 @@ inline void* host_allocate(std::size_t bytes) noexcept {
 
 inline void host_free(void* p) noexcept { std::free(p); }
 
-/// Reads "Key:   123 kB" from /proc/meminfo; 0 when absent.
-inline std::size_t meminfo_bytes(const char* key) noexcept {
+/// The host's total and available memory from /proc/meminfo, in one pass; 0 for a figure it
+/// does not list.
+inline void host_memory_figures(std::size_t& total_bytes, std::size_t& available_bytes) noexcept {
+  total_bytes = available_bytes = 0;
   std::FILE* f = std::fopen("/proc/meminfo", "r");
-  if (!f) return 0;
+  if (!f) return;
+  const auto read_kb = [](const char* line, const char* key, std::size_t& out) {
+    const std::size_t key_len = std::strlen(key);
+    if (std::strncmp(line, key, key_len) != 0 || line[key_len] != ':') return false;
+    out = std::strtoull(line + key_len + 1, nullptr, 10) * 1024;
+    return true;
+  };
   char line[256];
-  std::size_t value = 0;
-  const std::size_t key_len = std::strlen(key);
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, key, key_len) == 0 && line[key_len] == ':') {
-      value = std::strtoull(line + key_len + 1, nullptr, 10) * 1024;
-      break;
-    }
+  int found = 0;
+  while (found < 2 && std::fgets(line, sizeof line, f)) {
+    if (read_kb(line, "MemTotal", total_bytes) || read_kb(line, "MemAvailable", available_bytes))
+      ++found;
   }
   std::fclose(f);
-  return value;
 }
 
 inline std::string host_cpu_name() {

@@ -92,6 +92,9 @@ inline bool is_exiting() noexcept {
   return process_state().exiting.load(std::memory_order_acquire);
 }
 
+/// Whether runtime calls must be avoided from now on in this process.
+inline bool runtime_is_gone() noexcept { return is_exiting() || is_forked_child(); }
+
 inline void mark_exiting() noexcept {
   auto& st = process_state();
   st.exiting.store(true, std::memory_order_seq_cst);
