@@ -4,12 +4,11 @@
 #                          enabled, else gpusafe::cuda when the CUDA Toolkit is, else
 #                          gpusafe::gpusafe.
 #   GPUSAFE_WARNING_FLAGS  the warnings every in-tree target compiles with (-Werror included).
-#   gpusafe_add_test(NAME name SOURCES src... [LABELS l...] [NEEDS_TORCH] [TIMEOUT s]
-#                    [NO_MAIN] [ARGS a...] [TARGET gpusafe-target] [LIBRARIES l...])
+#   gpusafe_add_test(NAME name SOURCES src... [LABELS l...] [TIMEOUT s] [NO_MAIN]
+#                    [TARGET gpusafe-target] [LIBRARIES l...])
 #     Builds executable `name` linking GTest::gtest_main (GTest::gtest with NO_MAIN) and
 #     GPUSAFE_TEST_TARGET (or TARGET), registers it as one CTest test (one process per
 #     executable).
-#     With NEEDS_TORCH nothing is done unless LibTorch is enabled.
 include_guard(GLOBAL)
 
 if(GPUSAFE_TORCH_FOUND)
@@ -95,13 +94,9 @@ macro(gpusafe_require_gtest)
 endmacro()
 
 function(gpusafe_add_test)
-  cmake_parse_arguments(PARSE_ARGV 0 arg "NEEDS_TORCH;NO_MAIN" "NAME;TIMEOUT;TARGET"
-                        "SOURCES;LABELS;ARGS;LIBRARIES")
+  cmake_parse_arguments(PARSE_ARGV 0 arg "NO_MAIN" "NAME;TIMEOUT;TARGET" "SOURCES;LABELS;LIBRARIES")
   if(NOT arg_NAME OR NOT arg_SOURCES)
     message(FATAL_ERROR "gpusafe_add_test: NAME and SOURCES are required")
-  endif()
-  if(arg_NEEDS_TORCH AND NOT GPUSAFE_TORCH_FOUND)
-    return()
   endif()
   if(NOT arg_TIMEOUT)
     set(arg_TIMEOUT 120)
@@ -120,7 +115,7 @@ function(gpusafe_add_test)
   target_link_libraries(${arg_NAME} PRIVATE ${arg_TARGET} ${arg_LIBRARIES})
   gpusafe_target_warnings(${arg_NAME})
 
-  add_test(NAME ${arg_NAME} COMMAND ${arg_NAME} ${arg_ARGS})
+  add_test(NAME ${arg_NAME} COMMAND ${arg_NAME})
   set_tests_properties(${arg_NAME} PROPERTIES
     TIMEOUT ${arg_TIMEOUT}
     LABELS "${arg_LABELS}")

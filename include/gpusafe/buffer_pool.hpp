@@ -1263,11 +1263,7 @@ class PoolCore final : public PoolCoreBase {
       }
     }
     const std::size_t bytes = s->raw_bytes;
-    free_slab_memory(c, *s);
-    if (s->resident) {  // could not free (gate closed meanwhile): keep it usable
-      open_slots_keep_pending(c, *s);
-      return 0;
-    }
+    free_slab_memory(c, *s);  // frees it, or drops it when the gate closed meanwhile
     return bytes;
   }
 

@@ -258,9 +258,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   bool prefetch(const Key& key) noexcept {
     try {
       get(key);
-      Exclusive lock(*this);
-      auto it = map_.find(key);
-      return it != map_.end() && it->second->cached != nullptr;
+      return is_resident(key);
     } catch (const std::exception& e) {
       log_prefetch_failure(e.what());
     } catch (...) {
@@ -419,7 +417,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     try {
       Exclusive lock(const_cast<ModelCacheCore&>(*this));
       u.bytes_in_use = resident_;
-      u.bytes_reserved = resident_ + acct_->retired.load(std::memory_order_acquire) + reserved_;
+      u.bytes_reserved = charged();
       u.items = resident_count_;
     } catch (...) {
     }
@@ -705,7 +703,6 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     e.in_lru = false;
     evictable_bytes_ -= e.bytes;
   }
-  void lru_touch(Entry& e) noexcept { lru_move_to_front(e); }
 
   static bool in_use(const Entry& e) noexcept { return e.cached.use_count() > 1; }
 
@@ -755,9 +752,13 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   std::size_t evict_lru(std::size_t goal, EvictReason reason, std::size_t cap, Graveyard& g) {
     std::vector<Entry*> victims;
     const std::size_t freed = plan(goal, cap, victims);
+    retire_all(victims, reason, g);
+    return freed;
+  }
+
+  void retire_all(const std::vector<Entry*>& victims, EvictReason reason, Graveyard& g) {
     g.evicted.reserve(g.evicted.size() + victims.size());
     for (Entry* e : victims) retire(*e, reason, g);
-    return freed;
   }
 
   // Makes `need` bytes fit by budget eviction, all or nothing. False: it cannot fit now.
@@ -769,8 +770,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     const std::size_t deficit = used - (budget - need);  // used + need - budget, no overflow
     std::vector<Entry*> victims;
     if (plan(deficit, options_.max_evictions_per_call, victims) < deficit) return false;
-    g.evicted.reserve(g.evicted.size() + victims.size());
-    for (Entry* e : victims) retire(*e, EvictReason::budget, g);
+    retire_all(victims, EvictReason::budget, g);
     return true;
   }
 
@@ -875,7 +875,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         Entry& e = *entry;
         if (e.cached) {
           if (!counted) ++stripes_[0].hits;
-          if (e.in_lru) lru_touch(e);
+          if (e.in_lru) lru_move_to_front(e);
           return e.cached;
         }
         if (!counted) {
