@@ -218,32 +218,27 @@ struct RegistryEntry {
   ReclaimCost cost = ReclaimCost::idle_memory;
 };
 
-struct Registry {
+/// The reclaim registry. Its list lock is a leaf lock (nothing is locked under it, and it is
+/// never taken under another library lock), so it joins the fork-aware objects: held across
+/// fork() so that the child never copies the list half-changed, then re-created there.
+struct Registry final : ForkAware {
   std::mutex mutex;
   std::vector<std::shared_ptr<RegistryEntry>> entries;
+
+  Registry() noexcept { enrol_fork_aware(this); }
+
+  void lock_for_fork() noexcept override { mutex.lock(); }
+  void unlock_after_fork() noexcept override { mutex.unlock(); }
+  void recreate_locks_in_child() noexcept override {
+    new (&mutex) std::mutex();
+    // Entry locks are rebuilt too: a reclaim running on another thread at fork time held one.
+    for (auto& e : entries) new (&e->mutex) std::recursive_mutex();
+  }
 };
 
 inline Registry& registry() noexcept {
   static NoDestructor<Registry> instance;
   return instance.get();
-}
-
-inline void reset_registry_lock_in_child() noexcept {
-  new (&registry().mutex) std::mutex();
-  // Entry locks are rebuilt too: a reclaim running on another thread at fork time held one.
-  for (auto& e : registry().entries) new (&e->mutex) std::recursive_mutex();
-}
-
-// The registry's list lock is a leaf lock: the forking thread takes it around fork() so that the
-// child never copies the list half-changed (its lock is then re-created there).
-inline void lock_registry_before_fork() noexcept { registry().mutex.lock(); }
-inline void unlock_registry_after_fork() noexcept { registry().mutex.unlock(); }
-
-inline void install_registry_fork_handlers() noexcept {
-  static const bool installed =
-      (::pthread_atfork(&lock_registry_before_fork, &unlock_registry_after_fork, nullptr),
-       add_fork_child_hook(&reset_registry_lock_in_child), true);
-  (void)installed;
 }
 
 inline std::vector<std::shared_ptr<RegistryEntry>> registry_snapshot() {
@@ -306,7 +301,6 @@ class ReclaimRegistration {
 
  private:
   void add(std::shared_ptr<detail::RegistryEntry> entry, ReclaimCost cost) {
-    detail::install_registry_fork_handlers();
     entry->cost = cost;
     auto& reg = detail::registry();
     std::lock_guard<std::mutex> lock(reg.mutex);
