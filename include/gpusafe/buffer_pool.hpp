@@ -156,9 +156,12 @@ class PoolCoreBase : public Reclaimable, public LeakReporter, public ForkAware {
 
 /// Event handles abandoned on purpose (their context was reset or is unusable). Kept reachable
 /// so leak checkers do not report them; small (one array per dropped slab).
-struct AbandonedEvents {
+struct AbandonedEvents final : ForkAware {
   std::mutex mutex;
   std::vector<std::unique_ptr<EventHandle[]>> arrays;
+
+  AbandonedEvents() noexcept { enrol_fork_aware(this); }
+  void recreate_locks_in_child() noexcept override { new (&mutex) std::mutex(); }
 };
 
 inline AbandonedEvents& abandoned_events() noexcept {
@@ -175,17 +178,6 @@ inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
   } catch (...) {
     (void)events.release();
   }
-}
-
-inline void reset_abandoned_events_lock_in_child() noexcept {
-  new (&abandoned_events().mutex) std::mutex();
-}
-
-/// Enrols a core so a forked child rebuilds its locks (rule 5).
-inline void link_pool_core(PoolCoreBase* core) noexcept {
-  static const bool hooked = (add_fork_child_hook(&reset_abandoned_events_lock_in_child), true);
-  (void)hooked;
-  enrol_fork_aware(core);
 }
 
 template <class Runtime>
@@ -495,7 +487,7 @@ class PoolCore final : public PoolCoreBase {
       }
       throw;
     }
-    link_pool_core(this);
+    enrol_fork_aware(this);  // a forked child rebuilds the core's locks (rule 5)
   }
 
   ~PoolCore() override {
