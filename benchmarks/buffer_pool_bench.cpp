@@ -68,19 +68,39 @@ gs::BufferPool& default_pool() {
 
 // ---- one buffer: acquire + touch + release ---------------------------------------------------
 
-void BM_Pool_Host(benchmark::State& state) {
+/// Times one lease of state.range(0) bytes taken from `pool`, written when Touch, and released.
+template <bool Touch, class Pool>
+void leases_of(benchmark::State& state, Pool& pool) {
   const auto bytes = static_cast<std::size_t>(state.range(0));
-  auto& pool = host_pool();
   for (auto _ : state) {
     gs::BufferLease lease = pool.acquire(bytes);
-    touch(lease.data(), bytes);
+    if constexpr (Touch) touch(lease.data(), bytes);
     benchmark::DoNotOptimize(lease.data());
   }
   state.SetItemsProcessed(state.iterations());
 }
 
-void BM_Pool_DefaultRuntime(benchmark::State& state) {
+/// Times one buffer of state.range(0) bytes taken with take(bytes), written when Touch, and
+/// given back with give(p, bytes). A null take stops the benchmark with `failure`.
+template <bool Touch, class Take, class Give>
+void buffers_of(benchmark::State& state, const char* failure, Take take, Give give) {
   const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = take(bytes);
+    if (GPUSAFE_UNLIKELY(p == nullptr)) {
+      state.SkipWithError(failure);
+      break;
+    }
+    if constexpr (Touch) touch(p, bytes);
+    benchmark::DoNotOptimize(p);
+    give(p, bytes);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_Pool_Host(benchmark::State& state) { leases_of<true>(state, host_pool()); }
+
+void BM_Pool_DefaultRuntime(benchmark::State& state) {
   auto& pool = default_pool();
   if (pool.kind() != gs::MemoryKind::host) {
     state.SkipWithError(
@@ -88,23 +108,13 @@ void BM_Pool_DefaultRuntime(benchmark::State& state) {
     return;
   }
   if (state.thread_index() == 0) state.SetLabel(pool.is_fallback() ? "host fallback" : "");
-  for (auto _ : state) {
-    gs::BufferLease lease = pool.acquire(bytes);
-    touch(lease.data(), bytes);
-    benchmark::DoNotOptimize(lease.data());
-  }
-  state.SetItemsProcessed(state.iterations());
+  leases_of<true>(state, pool);
 }
 
 void BM_Malloc(benchmark::State& state) {
-  const auto bytes = static_cast<std::size_t>(state.range(0));
-  for (auto _ : state) {
-    void* p = std::malloc(bytes);
-    touch(p, bytes);
-    benchmark::DoNotOptimize(p);
-    std::free(p);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<true>(
+      state, "malloc failed", [](std::size_t bytes) { return std::malloc(bytes); },
+      [](void* p, std::size_t) { std::free(p); });
 }
 
 std::pmr::synchronized_pool_resource& pmr_pool() {
@@ -113,15 +123,10 @@ std::pmr::synchronized_pool_resource& pmr_pool() {
 }
 
 void BM_PmrSynchronizedPool(benchmark::State& state) {
-  const auto bytes = static_cast<std::size_t>(state.range(0));
   auto& pool = pmr_pool();
-  for (auto _ : state) {
-    void* p = pool.allocate(bytes, 256);
-    touch(p, bytes);
-    benchmark::DoNotOptimize(p);
-    pool.deallocate(p, bytes, 256);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<true>(
+      state, "allocate failed", [&](std::size_t bytes) { return pool.allocate(bytes, 256); },
+      [&](void* p, std::size_t bytes) { pool.deallocate(p, bytes, 256); });
 }
 
 /// The classic hand-written pool: preallocated buffers on a vector behind one mutex.
@@ -153,13 +158,9 @@ void BM_MutexFreeList(benchmark::State& state) {
   static MutexFreeList small(kSmall, kSmallCount);
   static MutexFreeList large(kLarge, kLargeCount);
   MutexFreeList& list = bytes <= kSmall ? small : large;
-  for (auto _ : state) {
-    void* p = list.acquire();
-    touch(p, bytes);
-    benchmark::DoNotOptimize(p);
-    list.release(p);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<true>(
+      state, "the free list is empty", [&](std::size_t) { return list.acquire(); },
+      [&](void* p, std::size_t) { list.release(p); });
 }
 
 // ---- frame loop: a 64 MiB buffer written entirely each frame ---------------------------------
@@ -200,86 +201,65 @@ bool skip_without_gpu(benchmark::State& state) {
 
 void BM_Gpu_Pool(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
-  const auto bytes = static_cast<std::size_t>(state.range(0));
-  auto& pool = default_pool();
-  for (auto _ : state) {
-    gs::BufferLease lease = pool.acquire(bytes);
-    benchmark::DoNotOptimize(lease.data());
-  }
-  state.SetItemsProcessed(state.iterations());
+  leases_of<false>(state, default_pool());
 }
 
 #if GPUSAFE_WITH_CUDA
 void BM_Gpu_CudaMalloc(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
-  const auto bytes = static_cast<std::size_t>(state.range(0));
-  for (auto _ : state) {
-    void* p = nullptr;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
-      state.SkipWithError("cudaMalloc failed");
-      break;
-    }
-    benchmark::DoNotOptimize(p);
-    cudaFree(p);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<false>(
+      state, "cudaMalloc failed",
+      [](std::size_t bytes) {
+        void* p = nullptr;
+        return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;
+      },
+      [](void* p, std::size_t) { cudaFree(p); });
 }
 
 void BM_Gpu_CudaMallocAsync(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
-  const auto bytes = static_cast<std::size_t>(state.range(0));
   cudaStream_t stream = nullptr;
   if (cudaStreamCreate(&stream) != cudaSuccess) {
     state.SkipWithError("cudaStreamCreate failed");
     return;
   }
-  for (auto _ : state) {
-    void* p = nullptr;
-    if (cudaMallocAsync(&p, bytes, stream) != cudaSuccess) {
-      state.SkipWithError("cudaMallocAsync failed (stream-ordered allocator unsupported?)");
-      break;
-    }
-    benchmark::DoNotOptimize(p);
-    cudaFreeAsync(p, stream);
-  }
+  buffers_of<false>(
+      state, "cudaMallocAsync failed (stream-ordered allocator unsupported?)",
+      [&](std::size_t bytes) {
+        void* p = nullptr;
+        return cudaMallocAsync(&p, bytes, stream) == cudaSuccess ? p : nullptr;
+      },
+      [&](void* p, std::size_t) { cudaFreeAsync(p, stream); });
   cudaStreamSynchronize(stream);
   cudaStreamDestroy(stream);
-  state.SetItemsProcessed(state.iterations());
 }
 #endif
 
 #if defined(GPUSAFE_BENCH_HAS_CUB)
 void BM_Gpu_CubCachingAllocator(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
-  const auto bytes = static_cast<std::size_t>(state.range(0));
   static cub::CachingDeviceAllocator allocator;
-  for (auto _ : state) {
-    void* p = nullptr;
-    if (allocator.DeviceAllocate(&p, bytes) != cudaSuccess) {
-      state.SkipWithError("CachingDeviceAllocator::DeviceAllocate failed");
-      break;
-    }
-    benchmark::DoNotOptimize(p);
-    allocator.DeviceFree(p);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<false>(
+      state, "CachingDeviceAllocator::DeviceAllocate failed",
+      [](std::size_t bytes) {
+        void* p = nullptr;
+        return allocator.DeviceAllocate(&p, bytes) == cudaSuccess ? p : nullptr;
+      },
+      [](void* p, std::size_t) { allocator.DeviceFree(p); });
 }
 #endif
 
 #if defined(GPUSAFE_BENCH_HAS_TORCH_CUDA)
 void BM_Gpu_TorchCachingAllocator(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
-  const auto bytes = static_cast<std::size_t>(state.range(0));
   // LibTorch sets its allocator up lazily, with its first CUDA tensor; raw_alloc alone does not.
   static const bool initialized =
       (c10::cuda::CUDACachingAllocator::init(c10::cuda::device_count()), true);
   (void)initialized;
-  for (auto _ : state) {
-    void* p = c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
-    benchmark::DoNotOptimize(p);
-    c10::cuda::CUDACachingAllocator::raw_delete(p);
-  }
-  state.SetItemsProcessed(state.iterations());
+  buffers_of<false>(
+      state, "CUDACachingAllocator::raw_alloc returned null",
+      [](std::size_t bytes) { return c10::cuda::CUDACachingAllocator::raw_alloc(bytes); },
+      [](void* p, std::size_t) { c10::cuda::CUDACachingAllocator::raw_delete(p); });
 }
 #endif
 

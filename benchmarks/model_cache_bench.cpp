@@ -66,11 +66,43 @@ using Cache = gs::ModelCache<int, Model>;
 
 constexpr int kResident = 16;
 
+constexpr std::size_t kRandomKeys = 4096;  // a power of two: the loops index with a mask
+
 std::vector<int> random_keys(int thread, int range) {
   std::mt19937 rng(42u + static_cast<unsigned>(thread));
-  std::vector<int> keys(4096);
+  std::vector<int> keys(kRandomKeys);
   for (auto& k : keys) k = static_cast<int>(rng() % static_cast<unsigned>(range));
   return keys;
+}
+
+/// Times get(key) over `keys` in turn, the handle copied out and dropped.
+template <class Get>
+void gets_of(benchmark::State& state, const std::vector<int>& keys, Get get) {
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto h = get(keys[i++ & (kRandomKeys - 1)]);
+    benchmark::DoNotOptimize(h.get());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+/// Times gets that all miss: keys 0..keys-1 in order, the cache cleared (untimed) when all were
+/// loaded.
+template <class C>
+void misses_of(benchmark::State& state, C& cache, int keys) {
+  int k = 0;
+  for (auto _ : state) {
+    auto h = cache.get(k);
+    benchmark::DoNotOptimize(h.get());
+    if (++k == keys) {
+      state.PauseTiming();
+      h.reset();
+      cache.clear();
+      k = 0;
+      state.ResumeTiming();
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
 }
 
 Cache& hit_cache() {
@@ -96,25 +128,15 @@ PlainLru& hit_plain() {
 
 void BM_Hit_ModelCache(benchmark::State& state) {
   Cache& cache = hit_cache();
-  const auto keys = random_keys(state.thread_index(), kResident);
-  std::size_t i = 0;
-  for (auto _ : state) {
-    auto h = cache.get(keys[i++ & 4095]);
-    benchmark::DoNotOptimize(h.get());
-  }
-  state.SetItemsProcessed(state.iterations());
+  gets_of(state, random_keys(state.thread_index(), kResident),
+          [&](int key) { return cache.get(key); });
 }
 BENCHMARK(BM_Hit_ModelCache)->Threads(1)->Threads(2)->UseRealTime();
 
 void BM_Hit_PlainLru(benchmark::State& state) {
   PlainLru& lru = hit_plain();
-  const auto keys = random_keys(state.thread_index(), kResident);
-  std::size_t i = 0;
-  for (auto _ : state) {
-    auto h = lru.get(keys[i++ & 4095]);
-    benchmark::DoNotOptimize(h.get());
-  }
-  state.SetItemsProcessed(state.iterations());
+  gets_of(state, random_keys(state.thread_index(), kResident),
+          [&](int key) { return lru.get(key); });
 }
 BENCHMARK(BM_Hit_PlainLru)->Threads(1)->Threads(2)->UseRealTime();
 
@@ -127,55 +149,26 @@ void BM_Hit_SharedPtrCopyFloor(benchmark::State& state) {
     for (int k = 0; k < kResident; ++k) v->push_back(trivial_load(k).model);
     return v;
   }();
-  const auto keys = random_keys(state.thread_index(), kResident);
-  std::size_t i = 0;
-  for (auto _ : state) {
-    auto h = (*models)[static_cast<std::size_t>(keys[i++ & 4095])];
-    benchmark::DoNotOptimize(h.get());
-  }
-  state.SetItemsProcessed(state.iterations());
+  gets_of(state, random_keys(state.thread_index(), kResident),
+          [&](int key) { return (*models)[static_cast<std::size_t>(key)]; });
 }
 BENCHMARK(BM_Hit_SharedPtrCopyFloor)->Threads(1)->Threads(2)->UseRealTime();
 
 // Every get misses: 65536 registered keys taken in order, cleared when all were loaded.
+constexpr int kMissKeys = 1 << 16;
+
 void BM_Miss_ModelCache(benchmark::State& state) {
-  constexpr int kKeys = 1 << 16;
   gs::ModelCacheOptions o;
   o.name = "bench_miss";
   Cache cache(o);
-  for (int k = 0; k < kKeys; ++k) cache.add(k, [k] { return trivial_load(k); });
-  int k = 0;
-  for (auto _ : state) {
-    auto h = cache.get(k);
-    benchmark::DoNotOptimize(h.get());
-    if (++k == kKeys) {
-      state.PauseTiming();
-      h.reset();
-      cache.clear();
-      k = 0;
-      state.ResumeTiming();
-    }
-  }
-  state.SetItemsProcessed(state.iterations());
+  for (int k = 0; k < kMissKeys; ++k) cache.add(k, [k] { return trivial_load(k); });
+  misses_of(state, cache, kMissKeys);
 }
 BENCHMARK(BM_Miss_ModelCache);
 
 void BM_Miss_PlainLru(benchmark::State& state) {
-  constexpr int kKeys = 1 << 16;
-  PlainLru lru(kKeys);
-  int k = 0;
-  for (auto _ : state) {
-    auto h = lru.get(k);
-    benchmark::DoNotOptimize(h.get());
-    if (++k == kKeys) {
-      state.PauseTiming();
-      h.reset();
-      lru.clear();
-      k = 0;
-      state.ResumeTiming();
-    }
-  }
-  state.SetItemsProcessed(state.iterations());
+  PlainLru lru(kMissKeys);
+  misses_of(state, lru, kMissKeys);
 }
 BENCHMARK(BM_Miss_PlainLru);
 
@@ -186,13 +179,7 @@ void BM_Churn_ModelCache(benchmark::State& state) {
   o.byte_budget = 8;
   Cache cache(o);
   for (int k = 0; k < 16; ++k) cache.add(k, [k] { return trivial_load(k); });
-  const auto keys = random_keys(0, 16);
-  std::size_t i = 0;
-  for (auto _ : state) {
-    auto h = cache.get(keys[i++ & 4095]);
-    benchmark::DoNotOptimize(h.get());
-  }
-  state.SetItemsProcessed(state.iterations());
+  gets_of(state, random_keys(0, 16), [&](int key) { return cache.get(key); });
   const auto s = cache.stats();
   state.counters["miss_ratio"] =
       static_cast<double>(s.misses) / static_cast<double>(s.misses + s.hits);
@@ -201,13 +188,7 @@ BENCHMARK(BM_Churn_ModelCache);
 
 void BM_Churn_PlainLru(benchmark::State& state) {
   PlainLru lru(8);
-  const auto keys = random_keys(0, 16);
-  std::size_t i = 0;
-  for (auto _ : state) {
-    auto h = lru.get(keys[i++ & 4095]);
-    benchmark::DoNotOptimize(h.get());
-  }
-  state.SetItemsProcessed(state.iterations());
+  gets_of(state, random_keys(0, 16), [&](int key) { return lru.get(key); });
 }
 BENCHMARK(BM_Churn_PlainLru);
 
