@@ -1007,7 +1007,7 @@ class PoolCore final : public PoolCoreBase {
     if (c.counted) c.unavailable.fetch_sub(1, std::memory_order_relaxed);
     s.words[slot / 64].free_bits.fetch_or(std::uint64_t{1} << (slot % 64),
                                           std::memory_order_seq_cst);
-    if (c.waiters.load(std::memory_order_seq_cst) != 0) notify(c);
+    notify_waiters(c);
   }
 
   /// Under the class mutex: makes the current slab usable (retires a stale one, re-allocates a
