@@ -340,26 +340,20 @@ bool release_optional(T& x) noexcept {
   return released;
 }
 
-template <class T, std::enable_if_t<IsUniquePtr<T>::value, int> = 0>
+/// unique_ptr and shared_ptr: reset, or leaked at teardown (a unique_ptr by releasing its
+/// pointer, a shared_ptr by moving its reference aside).
+template <class T, std::enable_if_t<IsUniquePtr<T>::value || IsSharedPtr<T>::value, int> = 0>
 bool generic_release_ptr(T& x) noexcept {
   if (!x) return false;
   if (runtime_is_gone()) {
-    auto leaked = x.release();  // leaked on purpose: its deleter could call the runtime
-    if constexpr (std::is_pointer_v<decltype(leaked)>) mark_deliberate_leak(leaked);
-    return true;
+    if constexpr (IsSharedPtr<T>::value) {
+      return leak_for_teardown(x);
+    } else {
+      auto leaked = x.release();  // leaked on purpose: its deleter could call the runtime
+      if constexpr (std::is_pointer_v<decltype(leaked)>) mark_deliberate_leak(leaked);
+      return true;
+    }
   }
-  try {
-    x.reset();
-  } catch (...) {
-    log_cleanup_failure_once<T>("the object's destructor threw");
-  }
-  return true;
-}
-
-template <class T, std::enable_if_t<IsSharedPtr<T>::value, int> = 0>
-bool generic_release_ptr(T& x) noexcept {
-  if (!x) return false;
-  if (runtime_is_gone()) return leak_for_teardown(x);
   try {
     x.reset();
   } catch (...) {

@@ -794,24 +794,31 @@ TEST_F(ModelCacheTest, ALoaderThatGetsItsOwnKeyFailsInsteadOfHanging) {
   EXPECT_FALSE(c.is_resident("self"));
 }
 
-TEST_F(ModelCacheTest, ALoaderGettingAKeyThatDoesNotFitFailsInsteadOfWaitingForItself) {
-  // The 50-byte get cannot fit beside the loader's own 60-byte reservation, which ends only
-  // after the loader returns: waiting for it would never end.
-  auto c = std::make_shared<Cache>(budget(100));
-  Cache* raw = c.get();
-  raw->add(
+/// Registers "a" (60 bytes), whose loader first gets "b" (50 bytes) from the same cache and
+/// stores its value in `inner` when given.
+void add_a_loading_b(Cache& c, std::shared_ptr<std::atomic<int>> inner = nullptr) {
+  Cache* raw = &c;
+  c.add(
       "a",
-      [raw] {
-        raw->get("b");
+      [raw, inner] {
+        const int b = raw->get("b")->value;
+        if (inner) *inner = b;
         return gs::Loaded<Model>{std::make_shared<Model>(1), 60};
       },
       gs::Residency::secondary, 60);
-  raw->add(
+  c.add(
       "b",
       [] {
         return gs::Loaded<Model>{std::make_shared<Model>(2), 50};
       },
       gs::Residency::secondary, 50);
+}
+
+TEST_F(ModelCacheTest, ALoaderGettingAKeyThatDoesNotFitFailsInsteadOfWaitingForItself) {
+  // The 50-byte get cannot fit beside the loader's own 60-byte reservation, which ends only
+  // after the loader returns: waiting for it would never end.
+  auto c = std::make_shared<Cache>(budget(100));
+  add_a_loading_b(*c);
   auto outcome = std::make_shared<std::atomic<int>>(0);  // 1 = BudgetExceeded
   const bool finished = finishes_within(std::chrono::seconds(10), [c, outcome] {
     try {
@@ -834,21 +841,8 @@ TEST_F(ModelCacheTest, ALoaderGettingAKeyThatDoesNotFitLoadsItUncachedWhenAllowe
   gs::ModelCacheOptions o = budget(100);
   o.oversize = gs::OversizePolicy::load_uncached;
   auto c = std::make_shared<Cache>(o);
-  Cache* raw = c.get();
   auto inner = std::make_shared<std::atomic<int>>(0);
-  raw->add(
-      "a",
-      [raw, inner] {
-        *inner = raw->get("b")->value;
-        return gs::Loaded<Model>{std::make_shared<Model>(1), 60};
-      },
-      gs::Residency::secondary, 60);
-  raw->add(
-      "b",
-      [] {
-        return gs::Loaded<Model>{std::make_shared<Model>(2), 50};
-      },
-      gs::Residency::secondary, 50);
+  add_a_loading_b(*c, inner);
   auto value = std::make_shared<std::atomic<int>>(0);
   const bool finished = finishes_within(std::chrono::seconds(10), [c, value] {
     try {
