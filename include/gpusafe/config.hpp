@@ -2,8 +2,13 @@
 //
 // GPUSAFE_WITH_CUDA is 1 when the CUDA runtime headers can be included (or when the build
 // defines it), 0 otherwise; GPUSAFE_WITH_TORCH is 1 only when the build defines it (target
-// gpusafe::torch). Every declaration lives in gpusafe::<abi> where <abi> names the version
-// and the features, so two builds with different features never share a symbol.
+// gpusafe::torch). Code whose definition depends on the features lives in gpusafe::<abi>, where
+// <abi> names the version and the features, so two builds with different features never share
+// such a symbol. The process-wide state (exit and fork flags, reset epochs, poison marks, the
+// reclaim registry, the log) is the opposite: one copy per process whatever each translation
+// unit or shared library saw (DESIGN rule 11). It lives in gpusafe::process_v1, a namespace that
+// names only the layout of that state, with default visibility, so that shared libraries built
+// with -fvisibility=hidden share it too.
 //
 // Thread safety: compile-time only. Teardown: nothing to tear down.
 #ifndef GPUSAFE_CONFIG_HPP
@@ -43,6 +48,24 @@
 #define GPUSAFE_NAMESPACE_END \
   }                           \
   }
+
+/// The namespace of the process-wide state; its number changes whenever that state's layout does.
+#define GPUSAFE_PROCESS_NAMESPACE_BEGIN \
+  namespace gpusafe {                   \
+  namespace process_v1 {
+#define GPUSAFE_PROCESS_NAMESPACE_END \
+  }                                   \
+  }
+
+#if defined(__GNUC__) || defined(__clang__)
+/// Marks a function whose static local is process-wide state: default visibility, so every
+/// shared library of the process binds to one copy even when built with -fvisibility=hidden.
+#define GPUSAFE_PROCESS_WIDE __attribute__((visibility("default")))
+#define GPUSAFE_NOINLINE __attribute__((noinline))
+#else
+#define GPUSAFE_PROCESS_WIDE
+#define GPUSAFE_NOINLINE
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define GPUSAFE_LIKELY(x) __builtin_expect(!!(x), 1)

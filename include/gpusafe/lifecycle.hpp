@@ -35,8 +35,18 @@
 
 GPUSAFE_NAMESPACE_BEGIN
 
-/// True once the process has begun to exit (after main returns, exit() or quick_exit()).
-inline bool process_is_exiting() noexcept { return detail::is_exiting(); }
+/// True once the process has begun to exit (after main returns, exit() or quick_exit()), in
+/// every build. gpusafe's exit handler is registered at its first use, after making sure the
+/// runtime is initialised, so it runs before the runtime's teardown and before the destructors of
+/// every static object built before that use; a first use that comes after the runtime's teardown
+/// learns it from the runtime (cudaErrorCudartUnloading). `Runtime` is the runtime whose
+/// teardown matters to the caller (the default one unless a test double is in use). See
+/// docs/teardown.md.
+template <class Runtime = DefaultRuntime>
+inline bool process_is_exiting() noexcept {
+  detail::arm_exit_flag<Runtime>();
+  return detail::is_exiting();
+}
 
 /// True in a child created by fork() after gpusafe was loaded.
 inline bool in_forked_child() noexcept { return detail::is_forked_child(); }
@@ -58,6 +68,12 @@ inline void notify_device_reset(int device) {
         std::to_string(detail::kMaxDevices - 1) + ")");
   detail::bump_epoch(device);
 }
+
+GPUSAFE_NAMESPACE_END
+
+// The reclaim registry and the fork-aware list are process-wide (DESIGN rule 11), and so are the
+// types they hold: every configuration of the headers shares them.
+GPUSAFE_PROCESS_NAMESPACE_BEGIN
 
 /// How much a reclaim may cost, from the cheapest to drop to the dearest.
 enum class ReclaimCost {
@@ -122,7 +138,6 @@ class LeakReporter {
   virtual std::vector<LeakRecord> leak_records() const = 0;
 };
 
-namespace detail {
 
 /// An object whose locks a forked child must never inherit held (rule 5). Around fork() the
 /// forking thread takes each object's data locks (lock_for_fork: leaf locks only, so this cannot
@@ -168,7 +183,7 @@ struct ForkAwareList {
   }
 };
 
-inline ForkAwareList& fork_aware_list() noexcept {
+GPUSAFE_PROCESS_WIDE inline ForkAwareList& fork_aware_list() noexcept {
   static NoDestructor<ForkAwareList> list;
   return list.get();
 }
@@ -236,7 +251,7 @@ struct Registry final : ForkAware {
   }
 };
 
-inline Registry& registry() noexcept {
+GPUSAFE_PROCESS_WIDE inline Registry& registry() noexcept {
   static NoDestructor<Registry> instance;
   return instance.get();
 }
@@ -250,6 +265,28 @@ inline std::vector<std::shared_ptr<RegistryEntry>> registry_snapshot() {
   return copy;
 }
 
+GPUSAFE_PROCESS_NAMESPACE_END
+
+GPUSAFE_NAMESPACE_BEGIN
+
+using process_v1::LeakRecord;
+using process_v1::LeakReporter;
+using process_v1::Reclaimable;
+using process_v1::ReclaimCost;
+using process_v1::ReclaimLevel;
+using process_v1::ReclaimRequest;
+using process_v1::ResourceUsage;
+
+namespace detail {
+using process_v1::enrol_fork_aware;
+using process_v1::fork_aware_list;
+using process_v1::ForkAware;
+using process_v1::ForkAwareList;
+using process_v1::registry;
+using process_v1::Registry;
+using process_v1::registry_snapshot;
+using process_v1::RegistryEntry;
+using process_v1::withdraw_fork_aware;
 }  // namespace detail
 
 /// RAII registration in the reclaimable registry. Unregistering waits for a reclaim of the same

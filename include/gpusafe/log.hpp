@@ -5,7 +5,8 @@
 //
 // Thread safety: every function may be called from any thread; the sink is called under a lock,
 // one message at a time. Teardown: the logger is a leaked singleton, valid during static
-// destruction; in a forked child its lock is re-created by the lifecycle layer.
+// destruction; in a forked child its lock is re-created by the lifecycle layer. The level and the
+// sink are process-wide: one per process, whatever configuration each library was built with.
 #ifndef GPUSAFE_LOG_HPP
 #define GPUSAFE_LOG_HPP
 
@@ -21,7 +22,7 @@
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/no_destructor.hpp"
 
-GPUSAFE_NAMESPACE_BEGIN
+GPUSAFE_PROCESS_NAMESPACE_BEGIN
 
 /// Severity of a log message; `off` as a threshold silences everything.
 enum class LogLevel : int { trace = 0, debug = 1, info = 2, warning = 3, error = 4, off = 5 };
@@ -48,8 +49,6 @@ constexpr const char* to_string(LogLevel level) noexcept {
 /// the exception is swallowed.
 using LogSink = std::function<void(LogLevel, std::string_view)>;
 
-namespace detail {
-
 inline void stderr_sink(LogLevel level, std::string_view message) noexcept {
   std::fprintf(stderr, "[gpusafe] %s: %.*s\n", to_string(level), static_cast<int>(message.size()),
                message.data());
@@ -61,7 +60,7 @@ struct Logger {
   LogSink sink;  // empty = stderr
 };
 
-inline Logger& logger() noexcept {
+GPUSAFE_PROCESS_WIDE inline Logger& logger() noexcept {
   static NoDestructor<Logger> instance;
   return instance.get();
 }
@@ -70,6 +69,18 @@ inline Logger& logger() noexcept {
 /// exist in the child, so the lock is built anew.
 inline void reset_log_lock_in_child() noexcept { new (&logger().mutex) std::mutex(); }
 
+GPUSAFE_PROCESS_NAMESPACE_END
+
+GPUSAFE_NAMESPACE_BEGIN
+
+using process_v1::LogLevel;
+using process_v1::LogSink;
+using process_v1::to_string;
+
+namespace detail {
+using process_v1::logger;
+using process_v1::reset_log_lock_in_child;
+using process_v1::stderr_sink;
 }  // namespace detail
 
 /// Sets the lowest level that reaches the sink.

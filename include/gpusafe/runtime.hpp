@@ -17,6 +17,8 @@
 #include <atomic>
 #include <cstddef>
 #include <string>
+#include <thread>
+#include <type_traits>
 
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/host_memory.hpp"
@@ -241,6 +243,10 @@ constexpr std::size_t used_bytes(std::size_t free_bytes, std::size_t total_bytes
 /// This struct is also the reference for the Runtime concept's members.
 struct HostRuntime {
   static constexpr const char* name() noexcept { return "host"; }
+  /// Optional member: makes sure the runtime is initialised, so that its own teardown (if it
+  /// registers one) is registered before gpusafe's exit handler. Must be safe to call at any
+  /// time, even after that teardown, when it returns codes::cudart_unloading.
+  static Status initialize() noexcept { return {}; }
   /// Whether device memory can be served right now.
   static bool gpu_available() noexcept { return false; }
   static Status device_count(int& count) noexcept {
@@ -311,6 +317,15 @@ constexpr const char* to_string(CudaStatus s) noexcept {
 
 namespace detail {
 
+/// Cached answer of the CUDA probe; -1 = not probed yet. Not process-wide on purpose: it
+/// depends on whether this configuration compiled CUDA in.
+enum : int { kCudaUnknown = -1, kCudaForkedChild = 100, kCudaExiting = 101 };
+
+inline std::atomic<int>& cuda_state() noexcept {
+  static std::atomic<int> state{kCudaUnknown};
+  return state;
+}
+
 inline CudaStatus cuda_status_from_state(int state) noexcept {
   switch (state) {
     case kCudaForkedChild:
@@ -327,11 +342,15 @@ inline int probe_cuda() noexcept {
   if (is_forked_child()) return kCudaForkedChild;
   if (is_exiting()) return kCudaExiting;
   int count = 0;
+  // Initialises the runtime (which registers its own teardown) or, once that teardown ran,
+  // answers cudaErrorCudartUnloading without touching a context, as PyTorch relies on.
   const cudaError_t rc = cudaGetDeviceCount(&count);
-  note_runtime_call();
   if (rc == cudaSuccess && count > 0) return static_cast<int>(CudaStatus::available);
   (void)cudaGetLastError();  // clear the non-sticky error the probe left behind
   switch (classify(static_cast<int>(rc))) {
+    case ErrorClass::benign_at_shutdown:
+      mark_exiting();  // the first use came after the runtime's teardown: exit has begun
+      return kCudaExiting;
     case ErrorClass::no_gpu:
       return static_cast<int>(rc == cudaErrorNoDevice ? CudaStatus::no_device
                                                       : CudaStatus::no_driver);
@@ -345,35 +364,34 @@ inline int probe_cuda() noexcept {
 #endif
 }
 
-}  // namespace detail
-
-/// Why CUDA is or is not usable. The first call probes (one cudaGetDeviceCount); later calls are
-/// one atomic load. Turns to forked_child / exiting when the process forks or exits.
-inline CudaStatus cuda_status() noexcept {
-  auto& state = detail::process_state().cuda_state;
+/// The probe's answer, probing once.
+inline int cuda_probe_state() noexcept {
+  auto& state = cuda_state();
   int s = state.load(std::memory_order_acquire);
-  if (GPUSAFE_UNLIKELY(s == detail::kCudaUnknown)) {
-    const int probed = detail::probe_cuda();
-    // Keep a forked/exiting value that a handler may have written meanwhile.
+  if (GPUSAFE_UNLIKELY(s == kCudaUnknown)) {
+    const int probed = probe_cuda();
     if (state.compare_exchange_strong(s, probed, std::memory_order_acq_rel)) s = probed;
   }
-  return detail::cuda_status_from_state(s);
+  return s;
 }
 
-/// True when CUDA is compiled in, a driver and a device are present, and the process is neither
-/// a forked child nor exiting. One atomic load after the first call.
-inline bool is_cuda_available() noexcept {
-  const int s = detail::process_state().cuda_state.load(std::memory_order_acquire);
-  if (GPUSAFE_LIKELY(s != detail::kCudaUnknown))
-    return s == static_cast<int>(CudaStatus::available);
-  return cuda_status() == CudaStatus::available;
-}
+}  // namespace detail
+
+inline CudaStatus cuda_status() noexcept;
+inline bool is_cuda_available() noexcept;
 
 #if GPUSAFE_WITH_CUDA
 /// The CUDA runtime API. Without a usable GPU every device call fails with CUDA's own code;
 /// host memory needs no CUDA call.
 struct CudaRuntime {
   static constexpr const char* name() noexcept { return "cuda"; }
+  /// Makes sure the runtime is initialised (one cudaGetDeviceCount, cached); after the runtime's
+  /// teardown answers cudaErrorCudartUnloading without touching a context.
+  static Status initialize() noexcept {
+    return {detail::cuda_probe_state() == detail::kCudaExiting && detail::is_exiting()
+                ? codes::cudart_unloading
+                : codes::success};
+  }
   static bool gpu_available() noexcept { return is_cuda_available(); }
 
   static Status device_count(int& count) noexcept {
@@ -461,7 +479,6 @@ struct CudaRuntime {
 
  private:
   static Status call(cudaError_t rc, int device) noexcept {
-    detail::note_runtime_call();
     if (rc == cudaSuccess || rc == cudaErrorNotReady) return {static_cast<int>(rc)};
     (void)cudaGetLastError();
     // A call that names no device acted on the current one; a sticky error poisons that.
@@ -473,6 +490,101 @@ using DefaultRuntime = CudaRuntime;
 #else
 using DefaultRuntime = HostRuntime;
 #endif
+
+namespace detail {
+
+template <class Runtime, class = void>
+struct HasInitialize : std::false_type {};
+template <class Runtime>
+struct HasInitialize<Runtime, std::void_t<decltype(Runtime::initialize())>> : std::true_type {};
+
+/// Per Runtime: 0 = gpusafe has not armed its exit handler for it yet, 1 = arming on some
+/// thread, 2 = done.
+template <class Runtime>
+inline std::atomic<int> exit_arm_state{0};
+
+template <class Runtime>
+GPUSAFE_NOINLINE void arm_exit_flag_slow() noexcept {
+  auto& state = exit_arm_state<Runtime>;
+  int expected = 0;
+  if (!state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    while (state.load(std::memory_order_acquire) == 1) std::this_thread::yield();
+    return;
+  }
+  if (!is_forked_child() && !is_exiting()) {
+    Status s;
+    if constexpr (HasInitialize<Runtime>::value) s = Runtime::initialize();
+    if (s.code == codes::cudart_unloading) {
+      mark_exiting();  // first use after the runtime's teardown: the process is exiting
+    } else {
+      register_exit_handler();  // after the runtime's own teardown, so it runs before it
+    }
+  }
+  state.store(2, std::memory_order_release);
+}
+
+/// Rule 1, at gpusafe's first use of any kind with `Runtime`, whoever made the first runtime
+/// call: initialise the runtime (so its teardown is registered), then register the exit handler,
+/// which therefore runs first at exit. When that first use comes after the runtime's teardown,
+/// the runtime says so and the process is marked as exiting. One relaxed load afterwards.
+template <class Runtime>
+inline void arm_exit_flag() noexcept {
+  if (GPUSAFE_LIKELY(exit_arm_state<Runtime>.load(std::memory_order_acquire) == 2)) return;
+  arm_exit_flag_slow<Runtime>();
+}
+
+/// Whether runtime calls on `Runtime` must be avoided from now on (exiting or forked child).
+template <class Runtime = DefaultRuntime>
+inline bool runtime_is_gone() noexcept {
+  arm_exit_flag<Runtime>();
+  return is_exiting() || is_forked_child();
+}
+
+/// Admission to a runtime call on a release path: false when the call must be skipped (exiting
+/// or forked child). While admitted, the exit handler waits (bounded) for the call to finish.
+/// Arms the exit flag for `Runtime` first, so a release path may be gpusafe's first use.
+template <class Runtime>
+class BasicRuntimeCallGate {
+ public:
+  BasicRuntimeCallGate() noexcept
+      : admitted_((arm_exit_flag<Runtime>(), enter_runtime_call())) {}
+  ~BasicRuntimeCallGate() {
+    if (admitted_) leave_runtime_call();
+  }
+  BasicRuntimeCallGate(const BasicRuntimeCallGate&) = delete;
+  BasicRuntimeCallGate& operator=(const BasicRuntimeCallGate&) = delete;
+  explicit operator bool() const noexcept { return admitted_; }
+
+ private:
+  bool admitted_;
+};
+
+/// The gate for the default runtime.
+class RuntimeCallGate : public BasicRuntimeCallGate<DefaultRuntime> {};
+
+}  // namespace detail
+
+/// Why CUDA is or is not usable. The first call probes (one cudaGetDeviceCount); later calls are
+/// two atomic loads. Turns to forked_child / exiting when the process forks or exits.
+inline CudaStatus cuda_status() noexcept {
+  detail::arm_exit_flag<DefaultRuntime>();
+  if (detail::process_state().forked_child.load(std::memory_order_relaxed))
+    return CudaStatus::forked_child;
+  if (detail::is_exiting()) return CudaStatus::exiting;
+  return detail::cuda_status_from_state(detail::cuda_probe_state());
+}
+
+/// True when CUDA is compiled in, a driver and a device are present, and the process is neither
+/// a forked child nor exiting. A few atomic loads after the first call.
+inline bool is_cuda_available() noexcept {
+  const int s = detail::cuda_state().load(std::memory_order_acquire);
+  if (GPUSAFE_LIKELY(s != detail::kCudaUnknown)) {
+    return s == static_cast<int>(CudaStatus::available) &&
+           !detail::process_state().forked_child.load(std::memory_order_relaxed) &&
+           !detail::is_exiting();
+  }
+  return cuda_status() == CudaStatus::available;
+}
 
 /// Number of usable CUDA devices; 0 without CUDA, driver or device, in a forked child, or exiting.
 inline int cuda_device_count() noexcept {
@@ -526,7 +638,7 @@ namespace detail {
 
 /// Whether check_gpu_request would throw: a cheap test that needs no message.
 inline bool gpu_request_refused(int device) noexcept {
-  return runtime_is_gone() || is_poisoned(device);
+  return runtime_is_gone<>() || is_poisoned(device);
 }
 
 }  // namespace detail
@@ -557,8 +669,9 @@ template <class Runtime>
 MemoryKind resolve_memory_kind(MemoryKind kind, Fallback fallback, bool* fell_back,
                                const std::string& what) {
   *fell_back = false;
+  detail::arm_exit_flag<Runtime>();
   if (kind == MemoryKind::host) return kind;
-  if (detail::runtime_is_gone()) check_gpu_request(0, what);
+  if (detail::runtime_is_gone<Runtime>()) check_gpu_request(0, what);
   if (Runtime::gpu_available()) return kind;
   if (fallback == Fallback::error)
     throw NoGpu(what + ": " + to_string(kind) + " memory was asked for with Fallback::error, but " +
@@ -585,6 +698,7 @@ inline DeviceInfo host_device_info() {
 /// Throws InvalidArgument for an index that does not exist.
 template <class Runtime = DefaultRuntime>
 DeviceInfo get_device_info(int device = 0) {
+  detail::arm_exit_flag<Runtime>();
   const std::string what = "get_device_info(" + std::to_string(device) + ")";
   if (!Runtime::gpu_available()) {
     if (device != 0)
@@ -592,6 +706,10 @@ DeviceInfo get_device_info(int device = 0) {
                             " runtime), so only index 0, the host, exists; pass 0");
     return detail::host_device_info();
   }
+  // Each call below is admitted like a release call, so that a thread still asking while the
+  // process exits gets a typed error instead of calling into a runtime being torn down.
+  detail::BasicRuntimeCallGate<Runtime> gate;
+  if (!gate) check_gpu_request(device, what);
   int count = 0;
   throw_on_failure(Runtime::device_count(count), what + ": counting devices");
   if (device < 0 || device >= count)

@@ -24,7 +24,7 @@ constexpr bool kRegistersExitHandler = kIsFake<Runtime> || GPUSAFE_WITH_CUDA;
 // The property under test: the runtime is never seen torn down while the flag is still clear.
 template <class Runtime>
 void check_flag_precedes_teardown() {
-  if (kIsFake<Runtime>) GPUSAFE_HAZARD_CHECK(!FakeRuntime::torn_down() || gs::process_is_exiting());
+  if (kIsFake<Runtime>) GPUSAFE_HAZARD_CHECK(!FakeRuntime::torn_down() || gs::process_is_exiting<Runtime>());
 }
 
 // What code that runs after the runtime's teardown must see.
@@ -32,12 +32,12 @@ template <class Runtime>
 void check_sees_exiting() {
   check_flag_precedes_teardown<Runtime>();
   if (kRegistersExitHandler<Runtime>) {
-    GPUSAFE_HAZARD_CHECK(gs::process_is_exiting());
+    GPUSAFE_HAZARD_CHECK(gs::process_is_exiting<Runtime>());
     GPUSAFE_HAZARD_CHECK(gs::cuda_status() == gs::CudaStatus::exiting);
   }
   GPUSAFE_HAZARD_CHECK(!gs::is_cuda_available());
   GPUSAFE_HAZARD_CHECK(gs::cuda_device_count() == 0);
-  gs::detail::RuntimeCallGate gate;
+  gs::detail::BasicRuntimeCallGate<Runtime> gate;
   if (kRegistersExitHandler<Runtime>) GPUSAFE_HAZARD_CHECK(!gate);
 }
 
@@ -59,7 +59,7 @@ struct Owner {
     if (built_before_first_call) check_sees_exiting<Runtime>();
     check_flag_precedes_teardown<Runtime>();
     if (!buffer) return;
-    gs::detail::RuntimeCallGate gate;
+    gs::detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) return;  // exiting or forked: dropped, the OS reclaims it
     // Admitted means the runtime is alive: the free must succeed (the fake traps otherwise).
     GPUSAFE_HAZARD_CHECK(Runtime::deallocate(kind, 0, buffer).ok());
@@ -105,7 +105,7 @@ void first_runtime_call() {
 // free their memory for real. quick_exit runs no destructors, only the at_quick_exit handlers.
 GPUSAFE_HAZARD_SCENARIO(lifecycle_exit_flag_before_teardown) {
   if (kIsFake<Runtime>) GPUSAFE_HAZARD_CHECK(!FakeRuntime::started());
-  GPUSAFE_HAZARD_CHECK(!gs::process_is_exiting());
+  GPUSAFE_HAZARD_CHECK(!gs::detail::is_exiting());  // a peek: gpusafe is not used before `first`
 
   Owner<Runtime>& first = owner_built_first<Runtime>();
   first.built_before_first_call = true;
@@ -124,10 +124,10 @@ GPUSAFE_HAZARD_SCENARIO(lifecycle_exit_flag_before_teardown) {
   return 0;
 }
 
-// (L2) The same, when another runtime registered gpusafe's exit handler long before this
+// (L2) The same, when gpusafe armed its exit handler for another runtime long before this
 // runtime's first call (a program that probed CUDA, then used the fake in its tests).
 GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(lifecycle_exit_flag_other_runtime_first) {
-  gs::detail::note_runtime_call();
+  (void)gs::is_cuda_available();
   Owner<Runtime>& first = owner_built_first<Runtime>();
   first.built_before_first_call = true;
   std::atexit(&handler_registered_first<Runtime>);

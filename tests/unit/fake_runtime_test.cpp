@@ -41,6 +41,8 @@ gs::Status call_op(FakeOp op) {
       int n = 0;
       return FakeRuntime::device_count(n);
     }
+    case FakeOp::initialize:
+      return FakeRuntime::initialize();
     case FakeOp::allocate: {
       void* p = nullptr;
       const gs::Status s = FakeRuntime::allocate(MemoryKind::device, 0, 64, &p);

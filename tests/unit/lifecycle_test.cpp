@@ -106,15 +106,20 @@ struct StaticHolder {
   void* buffer = nullptr;
   bool built_before_first_call = false;
   ~StaticHolder() {
-    if (FakeRuntime::torn_down() && !gs::process_is_exiting()) std::_Exit(11);
+    if (FakeRuntime::torn_down() && !gs::process_is_exiting<FakeRuntime>()) std::_Exit(11);
     if (built_before_first_call) {
       // Destroyed after the runtime's teardown (atexit order): exiting must already be set.
-      if (!gs::process_is_exiting()) std::_Exit(12);
+      // gpusafe's first use with the fake is here, after the fake's teardown: it must learn it.
+      if (!gs::process_is_exiting<FakeRuntime>()) std::_Exit(12);
       if (gs::is_cuda_available()) std::_Exit(13);
       if (gs::cuda_status() != gs::CudaStatus::exiting) std::_Exit(14);
     }
-    gs::detail::RuntimeCallGate gate;
-    if (!gate) return;  // dropped: the OS takes the memory back
+    gs::detail::BasicRuntimeCallGate<FakeRuntime> gate;
+    if (!gate) {
+      // Dropped (the OS takes the memory back): right only after the runtime's teardown.
+      if (!built_before_first_call) std::_Exit(16);
+      return;
+    }
     // Admitted: the runtime must still be alive (a call after teardown traps).
     if (!FakeRuntime::deallocate(gs::MemoryKind::device, 0, buffer).ok()) std::_Exit(15);
   }
@@ -126,7 +131,7 @@ StaticHolder& holder() {
 }
 
 [[noreturn]] void static_then_first_call(bool other_runtime_first) {
-  if (other_runtime_first) gs::detail::note_runtime_call();  // as the CUDA probe would
+  if (other_runtime_first) (void)gs::is_cuda_available();  // gpusafe used first, on CUDA
   if (gs::process_is_exiting()) std::_Exit(20);
   holder().built_before_first_call = true;  // built now, before the fake's first call
   FakeRuntime::reset();
@@ -144,8 +149,10 @@ StaticHolder& holder() {
   holder().built_before_first_call = false;  // built after the first call: destroyed first
   if (!FakeRuntime::allocate(gs::MemoryKind::device, 0, 256, &holder().buffer).ok()) std::_Exit(23);
   std::atexit([] {
-    // Registered last, runs first: nothing has been torn down yet.
-    if (gs::process_is_exiting() || FakeRuntime::torn_down()) std::_Exit(24);
+    // Registered last, runs first: nothing has been torn down yet. A peek, not a use of
+    // gpusafe: the holder's release below is gpusafe's first use, inside exit but before the
+    // runtime's teardown, and must release for real.
+    if (gs::detail::is_exiting() || FakeRuntime::torn_down()) std::_Exit(24);
   });
   std::exit(0);
 }
@@ -167,10 +174,10 @@ TEST_F(ExitFlag, StaticBuiltAfterTheFirstCallReleasesNormally) {
 TEST_F(ExitFlag, QuickExitSetsTheFlagToo) {
   EXPECT_EXIT(
       {
-        std::at_quick_exit([] { std::_Exit(gs::process_is_exiting() ? 0 : 30); });
+        // Registered before gpusafe's first use, so it runs after gpusafe's handler.
+        std::at_quick_exit([] { std::_Exit(gs::detail::is_exiting() ? 0 : 30); });
         FakeRuntime::reset();
-        int n = 0;
-        (void)FakeRuntime::device_count(n);
+        (void)gs::process_is_exiting<FakeRuntime>();  // gpusafe's first use
         std::quick_exit(1);
       },
       ::testing::ExitedWithCode(0), "");

@@ -171,7 +171,7 @@ TEST(CudaStatus, IsStableAcrossCalls) {
 
 TEST(CudaStatus, IsCachedAfterTheFirstCall) {
   (void)gs::is_cuda_available();
-  auto& state = gs::detail::process_state().cuda_state;
+  auto& state = gs::detail::cuda_state();
   const int cached = state.load();
   ASSERT_NE(cached, gs::detail::kCudaUnknown) << "the first call must store the probe's answer";
   EXPECT_EQ(gs::detail::cuda_status_from_state(cached), gs::cuda_status());

@@ -7,7 +7,7 @@
 
 #include "gpusafe/config.hpp"
 
-GPUSAFE_NAMESPACE_BEGIN
+GPUSAFE_PROCESS_NAMESPACE_BEGIN
 
 /// Holds a T constructed in place and never destroyed, so it stays valid during every static
 /// destructor and atexit handler of the program (DESIGN rule 3). The OS reclaims it at exit.
@@ -31,6 +31,10 @@ class NoDestructor {
   alignas(T) unsigned char storage_[sizeof(T)];
 };
 
+GPUSAFE_PROCESS_NAMESPACE_END
+
+GPUSAFE_NAMESPACE_BEGIN
+using process_v1::NoDestructor;
 GPUSAFE_NAMESPACE_END
 
 #endif  // GPUSAFE_DETAIL_NO_DESTRUCTOR_HPP

@@ -1,6 +1,11 @@
 // gpusafe/detail/process_state.hpp: the process-wide facts every layer consults: is the process
 // exiting, is this a forked child, which reset epoch each device is in, is a device poisoned.
 // Public access goes through gpusafe/lifecycle.hpp; the runtime layer needs these below it.
+//
+// One copy per process (DESIGN rule 11): the state lives in gpusafe::process_v1, which does not
+// depend on the configuration, and its accessor has default visibility, so translation units and
+// shared libraries that saw different features (CUDA headers or not, LibTorch or not, hidden
+// visibility or not) all read and write the same flags.
 #ifndef GPUSAFE_DETAIL_PROCESS_STATE_HPP
 #define GPUSAFE_DETAIL_PROCESS_STATE_HPP
 
@@ -17,8 +22,7 @@
 #include "gpusafe/detail/no_destructor.hpp"
 #include "gpusafe/log.hpp"
 
-GPUSAFE_NAMESPACE_BEGIN
-namespace detail {
+GPUSAFE_PROCESS_NAMESPACE_BEGIN
 
 /// Devices beyond this index share the last epoch slot; no machine has that many GPUs.
 constexpr int kMaxDevices = 64;
@@ -27,15 +31,10 @@ constexpr std::chrono::milliseconds kExitDrainBound{200};
 /// Callbacks run in a forked child (re-create locks); fixed capacity, no allocation in the hook.
 constexpr int kMaxChildHooks = 32;
 
-/// Cached answer of the CUDA probe (see runtime.hpp); -1 = not probed yet.
-enum : int { kCudaUnknown = -1 };
-
 struct ProcessState {
   std::atomic<bool> exiting{false};
   std::atomic<bool> forked_child{false};
   std::atomic<int> calls_in_flight{0};
-  std::atomic<bool> exit_handler_registered{false};
-  std::atomic<int> cuda_state{kCudaUnknown};
   std::atomic<std::uint32_t> epochs[kMaxDevices] = {};
   std::atomic<bool> poisoned[kMaxDevices] = {};
   std::atomic<void (*)()> child_hooks[kMaxChildHooks] = {};
@@ -46,7 +45,7 @@ struct ProcessState {
   static void on_fork_child() noexcept;
 };
 
-inline ProcessState& process_state() noexcept {
+GPUSAFE_PROCESS_WIDE inline ProcessState& process_state() noexcept {
   static NoDestructor<ProcessState> state;
   return state.get();
 }
@@ -59,13 +58,9 @@ inline int device_slot(int device) noexcept {
   return device < 0 ? 0 : (device >= kMaxDevices ? kMaxDevices - 1 : device);
 }
 
-/// Values the runtime layer writes into cuda_state when the process changes.
-enum : int { kCudaForkedChild = 100, kCudaExiting = 101 };
-
 inline void ProcessState::on_fork_child() noexcept {
   auto& st = process_state();
   st.forked_child.store(true, std::memory_order_seq_cst);
-  st.cuda_state.store(kCudaForkedChild, std::memory_order_release);
   st.calls_in_flight.store(0, std::memory_order_relaxed);  // those threads do not exist here
   reset_log_lock_in_child();
   for (auto& hook : st.child_hooks) {
@@ -92,13 +87,9 @@ inline bool is_exiting() noexcept {
   return process_state().exiting.load(std::memory_order_acquire);
 }
 
-/// Whether runtime calls must be avoided from now on in this process.
-inline bool runtime_is_gone() noexcept { return is_exiting() || is_forked_child(); }
-
 inline void mark_exiting() noexcept {
   auto& st = process_state();
   st.exiting.store(true, std::memory_order_seq_cst);
-  st.cuda_state.store(kCudaExiting, std::memory_order_release);
   // Release calls that entered the runtime before the flag flipped may finish; bounded wait.
   const auto deadline = std::chrono::steady_clock::now() + kExitDrainBound;
   while (st.calls_in_flight.load(std::memory_order_seq_cst) > 0 &&
@@ -109,41 +100,30 @@ inline void mark_exiting() noexcept {
 
 inline void exit_handler() { mark_exiting(); }
 
-/// Called right after every runtime call. The first one registers the exit handler, which then
-/// runs before the runtime's own teardown (atexit handlers run in reverse order) - rule 1.
-inline void note_runtime_call() noexcept {
-  auto& st = process_state();
-  if (GPUSAFE_LIKELY(st.exit_handler_registered.load(std::memory_order_relaxed))) return;
-  if (st.exit_handler_registered.exchange(true)) return;
+/// Registers the exit handler for exit() and quick_exit(). atexit handlers run in reverse order
+/// of registration, so the handler runs before the teardown of every runtime initialised before
+/// this call (rule 1). Registering it more than once is harmless: marking is idempotent.
+inline void register_exit_handler() noexcept {
   std::atexit(&exit_handler);
   std::at_quick_exit(&exit_handler);
 }
 
-/// Admission to a runtime call on a release path: false when the call must be skipped (exiting
-/// or forked child). While admitted, the exit handler waits (bounded) for the call to finish.
-class RuntimeCallGate {
- public:
-  RuntimeCallGate() noexcept : admitted_(enter()) {}
-  ~RuntimeCallGate() {
-    if (admitted_) process_state().calls_in_flight.fetch_sub(1, std::memory_order_seq_cst);
+/// Enters a runtime call on a release path: false when it must be skipped (exiting or forked
+/// child). While entered, the exit handler waits (bounded) for leave_runtime_call().
+inline bool enter_runtime_call() noexcept {
+  auto& st = process_state();
+  if (is_forked_child() || st.exiting.load(std::memory_order_acquire)) return false;
+  st.calls_in_flight.fetch_add(1, std::memory_order_seq_cst);
+  if (st.exiting.load(std::memory_order_seq_cst)) {
+    st.calls_in_flight.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
   }
-  RuntimeCallGate(const RuntimeCallGate&) = delete;
-  RuntimeCallGate& operator=(const RuntimeCallGate&) = delete;
-  explicit operator bool() const noexcept { return admitted_; }
+  return true;
+}
 
- private:
-  static bool enter() noexcept {
-    auto& st = process_state();
-    if (is_forked_child() || st.exiting.load(std::memory_order_acquire)) return false;
-    st.calls_in_flight.fetch_add(1, std::memory_order_seq_cst);
-    if (st.exiting.load(std::memory_order_seq_cst)) {
-      st.calls_in_flight.fetch_sub(1, std::memory_order_seq_cst);
-      return false;
-    }
-    return true;
-  }
-  bool admitted_;
-};
+inline void leave_runtime_call() noexcept {
+  process_state().calls_in_flight.fetch_sub(1, std::memory_order_seq_cst);
+}
 
 inline std::uint32_t device_epoch(int device) noexcept {
   return process_state().epochs[device_slot(device)].load(std::memory_order_acquire);
@@ -163,6 +143,28 @@ inline void bump_epoch(int device) noexcept {
   st.poisoned[device_slot(device)].store(false, std::memory_order_release);
 }
 
+GPUSAFE_PROCESS_NAMESPACE_END
+
+GPUSAFE_NAMESPACE_BEGIN
+namespace detail {
+using process_v1::add_fork_child_hook;
+using process_v1::bump_epoch;
+using process_v1::device_epoch;
+using process_v1::device_slot;
+using process_v1::enter_runtime_call;
+using process_v1::exit_handler;
+using process_v1::is_exiting;
+using process_v1::is_forked_child;
+using process_v1::is_poisoned;
+using process_v1::kExitDrainBound;
+using process_v1::kMaxChildHooks;
+using process_v1::kMaxDevices;
+using process_v1::leave_runtime_call;
+using process_v1::mark_exiting;
+using process_v1::mark_poisoned;
+using process_v1::process_state;
+using process_v1::ProcessState;
+using process_v1::register_exit_handler;
 }  // namespace detail
 GPUSAFE_NAMESPACE_END
 

@@ -5,9 +5,14 @@
 // (fail the k-th call of an operation with any code) and whole-runtime modes (unloading = 4,
 // context destroyed = 709, sticky = 700, no driver = 35, no device = 100, forked child = 3,
 // trap = abort on any call). Like cudart, it registers its own teardown with atexit at its first
-// call; after that teardown every call fails with 4, or aborts when trap_after_teardown is on,
-// which is how tests prove that nothing calls the runtime once the process is exiting.
-// Streams and events are simulated: work enqueued on a stream completes when the test says so.
+// call, whoever makes it, and knows nothing of gpusafe: it never arms gpusafe's exit flag. After
+// that teardown every call fails with 4, or aborts when trap_after_teardown is on (except
+// initialize(), the probe that real CUDA answers with 4), which is how tests prove that nothing
+// calls the runtime once it is torn down.
+// Streams and events are simulated and belong to the device that was current when they were
+// made, as in CUDA: recording an event on a stream of another device fails with 400. Each device
+// has a null (default) stream, which can be busy like any other: work enqueued on a stream
+// completes when the test says so.
 //
 // Thread safety: all members may be called from any thread. Teardown: its state is leaked on
 // purpose and stays valid; in a forked child its lock is re-created and calls fail with 3, as
@@ -65,6 +70,7 @@ enum class FakeOp : int {
   event_destroy,
   event_record,
   event_query,
+  initialize,
   count_
 };
 
@@ -72,7 +78,8 @@ constexpr const char* to_string(FakeOp op) noexcept {
   constexpr const char* names[] = {"device_count",  "allocate",          "deallocate",
                                    "memory_info",   "synchronize",       "get_device",
                                    "set_device",    "device_properties", "event_create",
-                                   "event_destroy", "event_record",      "event_query"};
+                                   "event_destroy", "event_record",      "event_query",
+                                   "initialize"};
   return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
 }
 
@@ -107,12 +114,17 @@ struct Fault {
   std::int64_t times;  // failures left; -1 = forever
 };
 
+/// Devices with a null stream of their own; more than any test uses.
+constexpr int kMaxFakeDevices = 64;
+
 struct Stream {
-  std::uint64_t enqueued = 0;
-  std::uint64_t completed = 0;
+  int device = 0;
+  std::atomic<std::uint64_t> enqueued{0};
+  std::atomic<std::uint64_t> completed{0};
 };
 
 struct Event {
+  int device = 0;
   Stream* stream = nullptr;
   std::uint64_t ticket = 0;
 };
@@ -131,7 +143,12 @@ struct State {
   std::atomic<std::uint64_t> invalid_frees{0};
   std::vector<Fault> faults;
   std::unordered_map<void*, Allocation> allocations;
+  Stream null_streams[kMaxFakeDevices];
   pid_t pid = ::getpid();
+
+  State() {
+    for (int d = 0; d < kMaxFakeDevices; ++d) null_streams[d].device = d;
+  }
 };
 
 inline State& state() noexcept {
@@ -140,6 +157,13 @@ inline State& state() noexcept {
 }
 
 inline thread_local int current_device = 0;
+
+/// The stream a handle names: a created stream, or the current device's null stream.
+inline Stream* stream_of(StreamHandle s) noexcept {
+  if (s) return static_cast<Stream*>(s);
+  const int d = current_device;
+  return &state().null_streams[d < 0 || d >= kMaxFakeDevices ? 0 : d];
+}
 
 inline void teardown() noexcept { state().torn_down.store(true, std::memory_order_seq_cst); }
 
@@ -151,19 +175,46 @@ inline void reset_lock_in_child() noexcept { new (&state().mutex) std::mutex(); 
   std::abort();
 }
 
+/// The code of the first per-call fault that matches the nth call of `op`, or 0.
+inline int injected_fault(State& st, FakeOp op, std::uint64_t nth) noexcept {
+  std::lock_guard<std::mutex> lock(st.mutex);
+  for (auto it = st.faults.begin(); it != st.faults.end(); ++it) {
+    if (it->op != op) continue;
+    if (nth < it->skip) continue;
+    const int code = it->code;
+    if (it->times > 0 && --it->times == 0) st.faults.erase(it);
+    return code;
+  }
+  return 0;
+}
+
+/// Like cudart's lazy initialisation: the first call of any kind, by anyone, registers the
+/// runtime's own teardown with atexit.
+inline void start_once(State& st) noexcept {
+  if (st.started.exchange(true)) return;
+  std::atexit(&teardown);
+  gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
+}
+
+/// The prologue of initialize(): the probe real CUDA answers safely at any time (4 after its
+/// teardown), so it never traps.
+inline int enter_probe() noexcept {
+  State& st = state();
+  start_once(st);
+  const std::uint64_t nth =
+      st.calls[static_cast<int>(FakeOp::initialize)].fetch_add(1, std::memory_order_relaxed);
+  if (st.torn_down.load(std::memory_order_seq_cst)) return codes::cudart_unloading;
+  if (st.pid != ::getpid()) return codes::initialization_error;
+  const int mode = st.mode.load(std::memory_order_acquire);
+  if (mode != 0 && mode != static_cast<int>(FakeMode::trap)) return mode;
+  return injected_fault(st, FakeOp::initialize, nth);
+}
+
 /// The common prologue of every call: counting, teardown, modes, child, faults. Returns the code
 /// the call must fail with, or 0 to go on.
 inline int enter(FakeOp op) noexcept {
   State& st = state();
-  if (!st.started.exchange(true)) {
-    // Like cudart: teardown registered at the first call, before gpusafe's exit handler.
-    std::atexit(&teardown);
-    // gpusafe's exit flag must flip before this teardown even when another runtime's first call
-    // registered the exit handler earlier (atexit runs in reverse order; marking twice is
-    // harmless).
-    std::atexit(&gpusafe::detail::exit_handler);
-    gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
-  }
+  start_once(st);
   const std::uint64_t nth = st.calls[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);
   if (st.torn_down.load(std::memory_order_seq_cst)) {
     st.calls_after_teardown.fetch_add(1, std::memory_order_relaxed);
@@ -174,15 +225,7 @@ inline int enter(FakeOp op) noexcept {
   if (mode == static_cast<int>(FakeMode::trap)) trap(op, "in trap mode");
   if (st.pid != ::getpid()) return codes::initialization_error;
   if (mode != 0) return mode;
-  std::lock_guard<std::mutex> lock(st.mutex);
-  for (auto it = st.faults.begin(); it != st.faults.end(); ++it) {
-    if (it->op != op) continue;
-    if (nth < it->skip) continue;
-    const int code = it->code;
-    if (it->times > 0 && --it->times == 0) st.faults.erase(it);
-    return code;
-  }
-  return 0;
+  return injected_fault(st, op, nth);
 }
 
 inline bool valid_device(int device) noexcept {
@@ -228,6 +271,7 @@ class FakeRuntime {
     st.invalid_frees.store(0);
     st.trap_after_teardown.store(false);
     st.protect_device.store(false);
+    for (auto& ns : st.null_streams) ns.completed.store(ns.enqueued.load());
     detail_fake::current_device = 0;
   }
 
@@ -314,23 +358,36 @@ class FakeRuntime {
 
   // ---- simulated streams ---------------------------------------------------------------------
 
-  static StreamHandle create_stream() { return new detail_fake::Stream(); }
+  /// A stream of the current device.
+  static StreamHandle create_stream() {
+    auto* stream = new detail_fake::Stream();
+    stream->device = detail_fake::current_device;
+    return stream;
+  }
   static void destroy_stream(StreamHandle s) noexcept {
     delete static_cast<detail_fake::Stream*>(s);
   }
-  /// Simulates a kernel launched on `s`: events recorded after it stay pending until completion.
-  static void enqueue_work(StreamHandle s) noexcept {
-    ++static_cast<detail_fake::Stream*>(s)->enqueued;
-  }
-  /// All work enqueued on `s` so far is done.
+  /// Simulates a kernel launched on `s` (null: the current device's null stream): events
+  /// recorded after it stay pending until completion.
+  static void enqueue_work(StreamHandle s) noexcept { ++detail_fake::stream_of(s)->enqueued; }
+  /// All work enqueued on `s` (null: the current device's null stream) so far is done.
   static void complete_stream(StreamHandle s) noexcept {
-    auto* st = static_cast<detail_fake::Stream*>(s);
-    st->completed = st->enqueued;
+    auto* st = detail_fake::stream_of(s);
+    st->completed.store(st->enqueued.load());
+  }
+  /// The device a stream or event belongs to.
+  static int stream_device(StreamHandle s) noexcept { return detail_fake::stream_of(s)->device; }
+  static int event_device(EventHandle e) noexcept {
+    return e ? static_cast<detail_fake::Event*>(e)->device : -1;
   }
 
   // ---- the Runtime concept -------------------------------------------------------------------
 
   static constexpr const char* name() noexcept { return "fake"; }
+
+  /// The runtime's lazy initialisation (as cudaGetDeviceCount does it): registers its teardown
+  /// at the first call; after that teardown answers 4 instead of trapping.
+  static Status initialize() noexcept { return {detail_fake::enter_probe()}; }
 
   static bool gpu_available() noexcept {
     const State& st = state();
@@ -408,8 +465,11 @@ class FakeRuntime {
   static Status event_create(EventHandle& event) noexcept {
     event = nullptr;
     return finish(FakeOp::event_create, -1, [&] {
-      event = new (std::nothrow) detail_fake::Event();
-      return event ? codes::success : codes::memory_allocation;
+      auto* e = new (std::nothrow) detail_fake::Event();
+      if (!e) return codes::memory_allocation;
+      e->device = detail_fake::current_device;
+      event = e;
+      return codes::success;
     });
   }
   static Status event_destroy(EventHandle event) noexcept {
@@ -422,8 +482,11 @@ class FakeRuntime {
     return finish(FakeOp::event_record, -1, [&] {
       auto* e = static_cast<detail_fake::Event*>(event);
       if (!e) return codes::invalid_resource_handle;
-      e->stream = static_cast<detail_fake::Stream*>(stream);
-      e->ticket = e->stream ? e->stream->enqueued : 0;
+      detail_fake::Stream* target = detail_fake::stream_of(stream);
+      // CUDA: the event and the stream must belong to the same device (context).
+      if (target->device != e->device) return codes::invalid_resource_handle;
+      e->stream = target;
+      e->ticket = target->enqueued.load();
       return codes::success;
     });
   }
@@ -431,7 +494,7 @@ class FakeRuntime {
     return finish(FakeOp::event_query, -1, [&] {
       auto* e = static_cast<detail_fake::Event*>(event);
       if (!e) return codes::invalid_resource_handle;
-      const bool done = !e->stream || e->stream->completed >= e->ticket;
+      const bool done = !e->stream || e->stream->completed.load() >= e->ticket;
       return done ? codes::success : codes::not_ready;
     });
   }
@@ -453,7 +516,6 @@ class FakeRuntime {
   static Status finish(FakeOp op, int device, Body&& body) noexcept {
     int code = detail_fake::enter(op);
     if (code == 0) code = body();
-    gpusafe::detail::note_runtime_call();
     return gpusafe::detail::note_status({code}, device < 0 ? detail_fake::current_device : device);
   }
 
