@@ -5,8 +5,10 @@
 // - safe_tensor_cleanup(x...): releases what a member or variable holds (smart pointers,
 //   optionals, containers, anything with reset(); LibTorch tensors and modules via torch.hpp),
 //   through the CleanupTraits customization point.
-// - safe_cuda_empty_cache(): trims every registered Reclaimable (pools, caches, LibTorch's
-//   caching allocator); returns the bytes released.
+// - safe_cuda_empty_cache(): like torch.cuda.empty_cache(), gives back the memory that every
+//   registered Reclaimable holds cached and idle (ReclaimLevel::light: LibTorch's caching
+//   allocator, pools' idle overflow and grown slabs); keeps warm models. Returns the bytes
+//   released.
 // - DeviceGuard: switches the current device and restores the caller's device at scope exit.
 //
 // Thread safety: a guard belongs to one thread (as a scope does); the free functions may be
@@ -51,13 +53,15 @@ GPUSAFE_NAMESPACE_BEGIN
 
 // ---- safe_cuda_empty_cache ------------------------------------------------------------------
 
-/// Asks every registered Reclaimable (buffer pools, model caches, LibTorch's CUDA caching
-/// allocator when torch.hpp is used) to give back the memory it holds idle. Returns the bytes
-/// released. Never throws; harmless without a GPU, in a forked child and at exit (each resource
-/// then drops what it holds without runtime calls).
+/// Like torch.cuda.empty_cache(): asks every registered Reclaimable to give back the memory it
+/// holds cached and nobody uses (ReclaimLevel::light: LibTorch's CUDA caching allocator when
+/// torch.hpp is used, buffer pools' idle overflow and grown slabs). It evicts no model and keeps
+/// pools' preallocated slabs, so it is cheap on an unload path; to evict secondary models too,
+/// call reclaim_all() (ReclaimLevel::heavy). Returns the bytes released. Never throws; harmless
+/// without a GPU, in a forked child and at exit (resources then make no runtime call).
 inline std::size_t safe_cuda_empty_cache() noexcept {
   ReclaimRequest request;
-  request.level = ReclaimLevel::trim;
+  request.level = ReclaimLevel::light;
   return reclaim_all(request);
 }
 
