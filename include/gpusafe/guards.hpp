@@ -5,8 +5,10 @@
 // - safe_tensor_cleanup(x...): releases what a member or variable holds (smart pointers,
 //   optionals, containers, anything with reset(); LibTorch tensors and modules via torch.hpp),
 //   through the CleanupTraits customization point.
-// - safe_cuda_empty_cache(): trims every registered Reclaimable (pools, caches, LibTorch's
-//   caching allocator); returns the bytes released.
+// - safe_cuda_empty_cache(): like torch.cuda.empty_cache(), gives back the memory that every
+//   registered Reclaimable holds cached and idle (ReclaimLevel::light: LibTorch's caching
+//   allocator, pools' idle overflow and grown slabs); keeps warm models. Returns the bytes
+//   released.
 // - DeviceGuard: switches the current device and restores the caller's device at scope exit.
 //
 // Thread safety: a guard belongs to one thread (as a scope does); the free functions may be
@@ -51,13 +53,15 @@ GPUSAFE_NAMESPACE_BEGIN
 
 // ---- safe_cuda_empty_cache ------------------------------------------------------------------
 
-/// Asks every registered Reclaimable (buffer pools, model caches, LibTorch's CUDA caching
-/// allocator when torch.hpp is used) to give back the memory it holds idle. Returns the bytes
-/// released. Never throws; harmless without a GPU, in a forked child and at exit (each resource
-/// then drops what it holds without runtime calls).
+/// Like torch.cuda.empty_cache(): asks every registered Reclaimable to give back the memory it
+/// holds cached and nobody uses (ReclaimLevel::light: LibTorch's CUDA caching allocator when
+/// torch.hpp is used, buffer pools' idle overflow and grown slabs). It evicts no model and keeps
+/// pools' preallocated slabs, so it is cheap on an unload path; to evict secondary models too,
+/// call reclaim_all() (ReclaimLevel::heavy). Returns the bytes released. Never throws; harmless
+/// without a GPU, in a forked child and at exit (resources then make no runtime call).
 inline std::size_t safe_cuda_empty_cache() noexcept {
   ReclaimRequest request;
-  request.level = ReclaimLevel::trim;
+  request.level = ReclaimLevel::light;
   return reclaim_all(request);
 }
 
@@ -289,14 +293,15 @@ struct IsSharedPtr : std::false_type {};
 template <class U>
 struct IsSharedPtr<std::shared_ptr<U>> : std::true_type {};
 
-/// Logs "safe_tensor_cleanup: <why>" once per process for each distinct call site type.
+/// Logs "safe_tensor_cleanup: <why>[: <what>]; <outcome>" once per process for each type T.
 template <class T>
-void log_cleanup_failure_once(const char* why) noexcept {
+void log_cleanup_failure_once(const char* why, const char* what = nullptr,
+                              const char* outcome = "the object was left as it was") noexcept {
   static LogOnce once;
   if (once.first())
     log_lazy(LogLevel::warning, [&] {
-      return std::string("safe_tensor_cleanup: ") + why +
-             "; the object was left as it was (further failures of this kind are not logged)";
+      return std::string("safe_tensor_cleanup: ") + why + (what ? std::string(": ") + what : "") +
+             "; " + outcome + " (further failures of this kind are not logged)";
     });
 }
 
@@ -332,15 +337,49 @@ bool release_element(T& x) noexcept {
   return CleanupTraits<T>::release(x);
 }
 
+/// Whether `x` still holds something after its release was tried (false when T cannot say).
+template <class T>
+bool still_holds(const T& x) noexcept {
+  if constexpr (HasBool<T>::value) {
+    try {
+      return static_cast<bool>(x);
+    } catch (...) {
+      return true;
+    }
+  } else {
+    return false;
+  }
+}
+
 template <class T>
 bool release_optional(T& x) noexcept {
   if (!x.has_value()) return false;
   const bool released = release_element(*x);
+  // std::optional::reset() is noexcept, so a value whose destructor throws would end the process
+  // there: a value that could not be emptied (its failure is logged) stays in the optional.
+  if (still_holds(*x)) return released;
   x.reset();  // the value is empty (or leaked) by now, so destroying it calls nothing
   return released;
 }
 
-/// unique_ptr and shared_ptr: reset, or leaked at teardown (a unique_ptr by releasing its
+/// Destroys a unique_ptr's object by calling its deleter here, where an exception from the
+/// object's destructor can be caught (unique_ptr::reset() is noexcept: it would terminate). A
+/// delete-expression frees the memory even when the destructor throws.
+template <class U, class D>
+void destroy_unique(std::unique_ptr<U, D>& x) noexcept {
+  auto p = x.release();
+  try {
+    x.get_deleter()(p);
+  } catch (const std::exception& e) {
+    log_cleanup_failure_once<std::unique_ptr<U, D>>("the object's destructor threw", e.what(),
+                                                    "the pointer was emptied");
+  } catch (...) {
+    log_cleanup_failure_once<std::unique_ptr<U, D>>(
+        "the object's destructor threw", "a non-std exception", "the pointer was emptied");
+  }
+}
+
+/// unique_ptr and shared_ptr: destroyed, or leaked at teardown (a unique_ptr by releasing its
 /// pointer, a shared_ptr by moving its reference aside).
 template <class T, std::enable_if_t<IsUniquePtr<T>::value || IsSharedPtr<T>::value, int> = 0>
 bool generic_release_ptr(T& x) noexcept {
@@ -354,10 +393,12 @@ bool generic_release_ptr(T& x) noexcept {
       return true;
     }
   }
-  try {
+  if constexpr (IsUniquePtr<T>::value) {
+    destroy_unique(x);
+  } else {
+    // Not caught, and it cannot be: the last reference destroys the object inside shared_ptr's
+    // noexcept release, so a destructor that throws ends the process (std::terminate).
     x.reset();
-  } catch (...) {
-    log_cleanup_failure_once<T>("the object's destructor threw");
   }
   return true;
 }
@@ -400,8 +441,11 @@ bool release_resettable(T& x) noexcept {
   if (runtime_is_gone()) return leak_for_teardown(x);
   try {
     x.reset();
+  } catch (const std::exception& e) {
+    log_cleanup_failure_once<T>("reset() threw", e.what());
+    return false;
   } catch (...) {
-    log_cleanup_failure_once<T>("reset() threw");
+    log_cleanup_failure_once<T>("reset() threw", "a non-std exception");
     return false;
   }
   return true;
@@ -439,6 +483,16 @@ struct CleanupTraits {
 /// empty. Returns whether something was released. Never throws (a failure is logged once).
 /// When the process is exiting or is a forked child, the objects are leaked on purpose instead
 /// of destroyed, because their destructors could call a GPU runtime that is gone.
+///
+/// An object whose destructor (or deleter, or reset()) throws:
+/// - in a std::unique_ptr: caught and logged once; the pointer is emptied (the memory of a
+///   default-deleted object is freed all the same).
+/// - with a reset() that throws (also inside a std::optional): caught and logged once; the object
+///   is left as it was, still in its optional.
+/// - NOT promised: in a std::shared_ptr (the last reference destroys it inside shared_ptr's
+///   noexcept code), or an object whose destructor throws even once emptied, held directly in a
+///   std::optional (std::optional::reset() is noexcept): C++ calls std::terminate there. Give such
+///   types a noexcept destructor, or hold them in a std::unique_ptr.
 template <class... Ts>
 bool safe_tensor_cleanup(Ts&... xs) noexcept {
   static_assert(sizeof...(Ts) > 0, "safe_tensor_cleanup needs at least one argument");

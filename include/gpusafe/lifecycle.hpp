@@ -83,11 +83,33 @@ enum class ReclaimCost {
   framework_cache = 3,   ///< a framework's caching allocator (LibTorch)
 };
 
-/// How hard a reclaim should try.
+/// How hard a reclaim should try. Each level does what the levels before it do, and more.
+/// What the built-in resources do at each level:
+///
+/// - BufferPool: light = idle overflow buffers and grown slabs; heavy = also idle preallocated
+///   slabs; shutdown = heavy, then logs leases still out.
+/// - ModelCache: light = nothing; heavy = evicts unpinned secondary models no handle holds, least
+///   recently used first, until bytes_goal; shutdown = evicts every unpinned model.
+/// - LibTorch's caching allocator (torch.hpp): emptyCache() at every level.
+/// - MemoryManager (its registry entry): shutdown = stops its timer and logs its leak report.
+///
+/// A model cache gives nothing back at light: it holds no memory that is cached but idle. Every
+/// resident model is warm (getting it back costs a reload), and a model evicted while a handle
+/// holds it can be freed by nobody but that handle.
 enum class ReclaimLevel {
-  light,     ///< periodic cleanup: cheap work only
-  trim,      ///< give back everything idle (safe_cuda_empty_cache)
-  shutdown,  ///< the orderly end: stop timers, give back everything that can be given back
+  /// Give back memory that is cached and idle and costs nothing to lose: framework caches
+  /// (LibTorch's caching allocator), a pool's idle overflow buffers and grown slabs. Run by
+  /// every periodic cleanup (MemoryManager::on_frame(), its timer) and by
+  /// safe_cuda_empty_cache(), like torch.cuda.empty_cache().
+  light,
+  /// Also give back what is warm but idle and costs a reload or a re-allocation: unpinned
+  /// secondary models (LRU first) and idle preallocated pool slabs. MemoryManager's threshold
+  /// release and reclaim_all()'s default request use it.
+  heavy,
+  /// Deprecated: the former name of `heavy` (same value), kept so existing code compiles.
+  trim = heavy,
+  /// The orderly end: stop timers, give back everything that can be given back.
+  shutdown,
 };
 
 struct ReclaimRequest {

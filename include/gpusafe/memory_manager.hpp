@@ -9,14 +9,17 @@
 //
 // Thread safety: every member function may be called from any thread. `on_frame()` is one relaxed
 // atomic increment and a compare on its common path (no lock, no allocation). Cleanups running
-// on several threads at once do not overlap: a cleanup that finds another one running skips.
+// on several threads at once do not overlap: a cleanup that finds another one running skips. A
+// cleanup or release called from inside this manager's own cleanup (a resource's reclaim()) on
+// the same thread is skipped too, instead of waiting for itself.
 //
 // Teardown: the timer thread is joined by stop(), by the destructor and by gpusafe::shutdown()
 // (the manager registers itself as a ReclaimCost::controller resource, which shutdown() drains
 // first); it is never detached and never joined from an atexit handler. Once the process is
 // exiting the timer thread only sleeps, so a static manager's destructor can still join it. In a
-// forked child the timer thread does not exist: it is forgotten, never joined. The manager makes
-// no runtime call from its destructor, and none at all once the process is exiting.
+// forked child the timer thread does not exist: its handle is forgotten without any call on it
+// (not joined, not detached). The manager makes no runtime call from its destructor, and none at
+// all once the process is exiting.
 #ifndef GPUSAFE_MEMORY_MANAGER_HPP
 #define GPUSAFE_MEMORY_MANAGER_HPP
 
@@ -282,6 +285,24 @@ struct ManagerSync final : ForkAware {
   }
 };
 
+/// The managers running a cleanup or release on this thread, innermost first (a stack through
+/// resources' reclaim() calls), so that a nested call is seen instead of waiting on its own lock.
+struct ManagerCleanupFrame {
+  const void* manager;
+  ManagerCleanupFrame* outer;
+};
+
+inline ManagerCleanupFrame*& manager_cleanup_frames() noexcept {
+  static thread_local ManagerCleanupFrame* top = nullptr;
+  return top;
+}
+
+/// The manager whose timer thread this is (null on every other thread).
+inline const void*& manager_of_timer_thread() noexcept {
+  static thread_local const void* owner = nullptr;
+  return owner;
+}
+
 /// Whether T has `reclaimable()` returning something convertible to shared_ptr<Reclaimable>.
 template <class T, class = void>
 struct has_reclaimable : std::false_type {};
@@ -408,17 +429,23 @@ class BasicMemoryManager {
   /// Frames counted so far.
   std::uint64_t frames() const noexcept { return frames_.load(std::memory_order_relaxed); }
 
-  /// Runs a cleanup now: ReclaimLevel::light on every attached resource, then
+  /// Runs a cleanup now: ReclaimLevel::light on every attached resource (what they hold cached
+  /// and idle: framework caches, pools' idle overflow and grown slabs; no model is evicted), then
   /// release_if_over_threshold(), then a snapshot into the history. Returns the bytes released
-  /// (0 when another cleanup was running). Never throws.
+  /// (0 when another cleanup was running, or when called from inside this manager's own
+  /// cleanup). Never throws.
   std::size_t cleanup() noexcept { return run_cleanup(manual_cleanups_); }
 
   /// When device usage is above the threshold, asks the attached resources, cheapest first
   /// (idle pool memory, then evictable models, then framework caches, then the framework caches
-  /// of the global registry), to release until usage falls to the threshold. Waits for a
-  /// cleanup running on another thread. Never throws (an allocation failure is in `note`).
+  /// of the global registry), at ReclaimLevel::heavy, to release until usage falls to the
+  /// threshold. Waits for a cleanup running on another thread; called from inside this manager's
+  /// own cleanup (a resource's reclaim()), it returns at once with a `note` instead of waiting
+  /// for itself. Never throws (an allocation failure is in `note`).
   ReleaseResult release_if_over_threshold() noexcept {
+    if (in_own_cleanup()) return skip_nested_release();
     std::lock_guard<std::mutex> lock(sync_.cleanup);
+    CleanupFrame frame(this);
     return release_locked();
   }
 
@@ -464,18 +491,25 @@ class BasicMemoryManager {
       timer_loop_ended_ = false;
       interval_ = interval;
     }
+    timer_pid_.store(::getpid(), std::memory_order_relaxed);  // before the thread reads it
     try {
       timer_ = std::thread([this] { timer_loop(); });
     } catch (const std::system_error& e) {
       throw RuntimeFailure(what + ": could not create the timer thread (" + e.what() +
                            "); call on_frame() from your loop instead");
     }
-    timer_pid_ = ::getpid();
     timer_running_.store(true, std::memory_order_release);
   }
 
-  /// Stops the timer thread and joins it (wakes it at once). Never throws.
+  /// Stops the timer thread and joins it (wakes it at once). Called on the timer thread itself
+  /// (from a cleanup), it only ends the loop: the thread is joined later by stop(), start() or
+  /// the destructor. In a forked child the parent's timer thread is forgotten, never touched.
+  /// Never throws.
   void stop() noexcept {
+    if (on_own_timer_thread()) {
+      end_timer_loop_from_inside();
+      return;
+    }
     std::lock_guard<std::mutex> control(sync_.control);
     stop_locked();
   }
@@ -721,19 +755,27 @@ class BasicMemoryManager {
   }
 
   std::size_t run_cleanup(std::atomic<std::uint64_t>& counter) noexcept {
+    if (in_own_cleanup()) {
+      log_lazy(LogLevel::debug, [&] {
+        return "MemoryManager '" + options_.name +
+               "': cleanup() called from inside its own cleanup (a resource's reclaim()); skipped";
+      });
+      skipped_cleanups_.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
     std::unique_lock<std::mutex> lock(sync_.cleanup, std::try_to_lock);
     if (!lock.owns_lock()) {
       skipped_cleanups_.fetch_add(1, std::memory_order_relaxed);
       return 0;
     }
+    CleanupFrame frame(this);
     counter.fetch_add(1, std::memory_order_relaxed);
     std::size_t released = 0;
     try {
-      // Housekeeping only: a light request asks for no bytes (forcing bytes out is the
-      // threshold release's job).
+      // Light: everything cached and idle goes back (no goal); evicting warm models and freeing
+      // preallocated slabs is left to the threshold release (heavy).
       ReclaimRequest request;
       request.level = ReclaimLevel::light;
-      request.bytes_goal = 0;
       request.device = request_device();
       for (const auto& r : live_attached()) released += r->reclaim(request);
       bytes_released_.fetch_add(released, std::memory_order_relaxed);
@@ -811,7 +853,7 @@ class BasicMemoryManager {
       });
       auto ask = [&](Reclaimable& r) {
         ReclaimRequest request;
-        request.level = ReclaimLevel::trim;
+        request.level = ReclaimLevel::heavy;
         request.device = request_device();
         request.bytes_goal = used - result.target_bytes;
         const std::size_t freed = r.reclaim(request);
@@ -895,6 +937,7 @@ class BasicMemoryManager {
   // ---- timer internals -----------------------------------------------------------------------
 
   void timer_loop() noexcept {
+    detail::manager_of_timer_thread() = this;
     std::unique_lock<std::mutex> lock(sync_.timer);
     while (!stop_requested_) {
       if (sync_.wake.wait_for(lock, interval_, [this] { return stop_requested_; })) break;
@@ -910,13 +953,68 @@ class BasicMemoryManager {
   }
 
   /// In a forked child the timer thread does not exist (fork copies only the calling thread).
+  /// Its handle is forgotten without any call on it: joining would wait forever, detaching
+  /// touches a thread descriptor that the child's C library has reclaimed (a crash), and
+  /// destroying a joinable std::thread calls std::terminate. So an empty handle is built over it
+  /// and the old one's destructor never runs.
   void forget_foreign_timer() noexcept {
-    if (timer_.joinable() && timer_pid_ != ::getpid()) {
-      // The one allowed detach: the handle names a thread of the parent process. Joining it
-      // would wait forever, and destroying a joinable std::thread calls std::terminate.
-      timer_.detach();
+    if (timer_.joinable() && timer_pid_.load(std::memory_order_relaxed) != ::getpid()) {
+      new (&timer_) std::thread();
       timer_running_.store(false, std::memory_order_release);
     }
+  }
+
+  /// Whether this is this manager's timer thread (in this process).
+  bool on_own_timer_thread() const noexcept {
+    return detail::manager_of_timer_thread() == this &&
+           timer_pid_.load(std::memory_order_relaxed) == ::getpid();
+  }
+
+  /// stop() from one of the timer's own cleanups: the loop ends after it; the thread is joined
+  /// by whoever calls stop(), start() or the destructor next. No control lock: another thread may
+  /// hold it while joining this one.
+  void end_timer_loop_from_inside() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(sync_.timer);
+      stop_requested_ = true;
+    }
+    timer_running_.store(false, std::memory_order_release);
+  }
+
+  // ---- re-entrance ---------------------------------------------------------------------------
+
+  /// Marks this thread as running a cleanup or release of this manager for its scope.
+  class CleanupFrame {
+   public:
+    explicit CleanupFrame(const BasicMemoryManager* m) noexcept
+        : frame_{m, detail::manager_cleanup_frames()} {
+      detail::manager_cleanup_frames() = &frame_;
+    }
+    ~CleanupFrame() { detail::manager_cleanup_frames() = frame_.outer; }
+    CleanupFrame(const CleanupFrame&) = delete;
+    CleanupFrame& operator=(const CleanupFrame&) = delete;
+
+   private:
+    detail::ManagerCleanupFrame frame_;
+  };
+
+  bool in_own_cleanup() const noexcept {
+    for (auto* f = detail::manager_cleanup_frames(); f; f = f->outer)
+      if (f->manager == this) return true;
+    return false;
+  }
+
+  ReleaseResult skip_nested_release() noexcept {
+    ReleaseResult result;
+    try {
+      result.note =
+          "skipped: called from inside this manager's own cleanup (a resource's reclaim()); "
+          "the cleanup running on this thread goes on";
+      log(LogLevel::debug,
+          "MemoryManager '" + options_.name + "': release_if_over_threshold() " + result.note);
+    } catch (...) {
+    }
+    return result;
   }
 
   void stop_locked() noexcept {
@@ -1029,7 +1127,7 @@ class BasicMemoryManager {
   std::deque<MemorySnapshot> history_;
 
   std::thread timer_;
-  pid_t timer_pid_ = 0;
+  std::atomic<pid_t> timer_pid_{0};
   bool stop_requested_ = false;    // guarded by sync_.timer
   bool timer_loop_ended_ = false;  // guarded by sync_.timer: the thread is past its loop
   std::chrono::milliseconds interval_{0};

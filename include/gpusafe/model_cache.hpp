@@ -73,7 +73,7 @@ enum class EvictReason : int {
   clear = 3,      ///< clear()
   removed = 4,    ///< remove(key)
   shutdown = 5,   ///< gpusafe::shutdown() (a reclaim at shutdown level)
-  reclaim = 6,    ///< reclaim_all() / safe_cuda_empty_cache() below shutdown level
+  reclaim = 6,    ///< a heavy reclaim (reclaim_all(), MemoryManager's threshold release)
 };
 
 /// Number of EvictReason values.
@@ -188,12 +188,27 @@ inline unsigned model_cache_thread_slot() noexcept {
   return slot;
 }
 
+/// What every cache's in-flight load shares, so that a thread about to wait for a load can
+/// follow who waits for whom across caches (see begin_load_wait).
+struct ModelCacheLoadOpBase {
+  const std::thread::id owner = std::this_thread::get_id();  // the thread running the loader
+  std::atomic<bool> finished{false};  // published, or abandoned in a forked child
+};
+
 // One load running on this thread (the frames form a stack through nested gets in loaders).
 struct ModelCacheLoadFrame {
   const void* core;
   std::size_t reserved;
   ModelCacheLoadFrame* outer;
+  const ModelCacheLoadOpBase* op;
+  const void* key;
+  std::string (*describe)(const void* key);  // describe_cache_key for the frame's Key type
 };
+
+template <class Key>
+std::string describe_erased_cache_key(const void* key) {
+  return describe_cache_key(*static_cast<const Key*>(key));
+}
 
 inline ModelCacheLoadFrame*& model_cache_load_frames() noexcept {
   static thread_local ModelCacheLoadFrame* top = nullptr;
@@ -207,6 +222,61 @@ inline std::size_t model_cache_own_reservations(const void* core) noexcept {
   for (auto* f = model_cache_load_frames(); f; f = f->outer)
     if (f->core == core) sum += f->reserved;
   return sum;
+}
+
+/// Which load each thread waits for. A thread about to wait follows the chain (the load's owner,
+/// the load that owner waits for, ...); reaching itself means the loaders wait for each other
+/// and would wait forever. Its lock is a leaf lock (taken with no other lock held, nothing taken
+/// under it), so it joins the fork-aware objects; a forked child empties the table, whose waiting
+/// threads do not exist there.
+struct ModelCacheWaitGraph final : ForkAware {
+  std::mutex mutex;
+  std::unordered_map<std::thread::id, const ModelCacheLoadOpBase*> waits;  // guarded by mutex
+
+  ModelCacheWaitGraph() noexcept { enrol_fork_aware(this); }
+  void lock_for_fork() noexcept override { mutex.lock(); }
+  void unlock_after_fork() noexcept override { mutex.unlock(); }
+  void recreate_locks_in_child() noexcept override {
+    new (&mutex) std::mutex();
+    waits.clear();
+  }
+};
+
+inline ModelCacheWaitGraph& model_cache_wait_graph() noexcept {
+  static NoDestructor<ModelCacheWaitGraph> graph;
+  return graph.get();
+}
+
+/// Records that this thread waits for `op`, unless waiting would close a cycle: then returns the
+/// load of this thread that the chain leads back to (and records nothing). Throws
+/// std::bad_alloc.
+inline const ModelCacheLoadOpBase* begin_load_wait(const ModelCacheLoadOpBase* op) {
+  auto& graph = model_cache_wait_graph();
+  const auto me = std::this_thread::get_id();
+  std::lock_guard<std::mutex> lock(graph.mutex);
+  const ModelCacheLoadOpBase* at = op;
+  // Each waiting thread appears once, so a chain longer than the table is a loop of others.
+  for (std::size_t hops = 0; at && hops <= graph.waits.size(); ++hops) {
+    if (at->finished.load(std::memory_order_acquire)) break;  // its owner moves on
+    if (at->owner == me) return at;
+    auto it = graph.waits.find(at->owner);
+    at = it == graph.waits.end() ? nullptr : it->second;
+  }
+  graph.waits[me] = op;
+  return nullptr;
+}
+
+inline void end_load_wait() noexcept {
+  auto& graph = model_cache_wait_graph();
+  std::lock_guard<std::mutex> lock(graph.mutex);
+  graph.waits.erase(std::this_thread::get_id());
+}
+
+/// This thread's frame of the load `op`, or null.
+inline const ModelCacheLoadFrame* model_cache_frame_of(const ModelCacheLoadOpBase* op) noexcept {
+  for (auto* f = model_cache_load_frames(); f; f = f->outer)
+    if (f->op == op) return f;
+  return nullptr;
 }
 
 /// Shared with every handle: bytes of models removed from the cache but still held.
@@ -309,23 +379,23 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   }
 
   std::size_t evict(std::size_t bytes) {
-    Graveyard g;
+    Graveyard g(*this);
     {
       Exclusive lock(*this);
       g.callback = callback_;
       evict_lru(bytes, EvictReason::requested, 0, g);
     }
-    return g.finish(prefix("evict"));
+    return g.finish();
   }
 
   std::size_t check_pressure() {
-    Graveyard g;
+    Graveyard g(*this);
     evict_for_pressure(g);
-    return g.finish(prefix("pressure eviction"));
+    return g.finish();
   }
 
   void remove(const Key& key) {
-    Graveyard g;
+    Graveyard g(*this);
     {
       Exclusive lock(*this);
       auto it = map_.find(key);
@@ -339,11 +409,11 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       g.entries.push_back(entry);
       map_.erase(it);
     }
-    g.finish(prefix("remove"));
+    g.finish();
   }
 
   std::size_t clear() {
-    Graveyard g;
+    Graveyard g(*this);
     {
       Exclusive lock(*this);
       g.callback = callback_;
@@ -351,7 +421,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       for (auto& kv : map_)
         if (kv.second->cached) retire(*kv.second, EvictReason::clear, g);
     }
-    return g.finish(prefix("clear"));
+    return g.finish();
   }
 
   void on_evict(EvictCallback callback) {
@@ -384,9 +454,10 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   std::size_t reclaim(const ReclaimRequest& request) noexcept override {
     try {
       if (request.device >= 0 && request.device != options_.device) return 0;
-      // A periodic light cleanup must not throw away warm models: reloading costs far more.
+      // Light gives back what is cached and idle; a cache holds none (every resident model is
+      // warm, and one evicted while held can only be freed by its handles). Heavy evicts.
       if (request.level == ReclaimLevel::light) return 0;
-      Graveyard g;
+      Graveyard g(*this);
       {
         Exclusive lock(*this);
         if (!alive_) return 0;
@@ -401,7 +472,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
           evict_lru(request.bytes_goal, EvictReason::reclaim, 0, g);
         }
       }
-      return g.finish(prefix("reclaim"));
+      return g.finish();
     } catch (...) {
       log(LogLevel::error, "ModelCache reclaim: out of memory; nothing reclaimed");
       return 0;
@@ -471,6 +542,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     new (&lru_mutex_) std::mutex();
     new (&wait_mutex_) std::mutex();
     new (&wait_cv_) std::condition_variable();
+    abandon_foreign_loads_in_child();
   }
 
  private:
@@ -487,9 +559,9 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     explicit operator bool() const noexcept { return failed; }
   };
 
-  struct LoadOp {
-    std::thread::id owner = std::this_thread::get_id();
-    bool done = false;  // guarded by wait_mutex_
+  struct LoadOp : ModelCacheLoadOpBase {
+    bool done = false;         // guarded by wait_mutex_
+    std::size_t reserved = 0;  // bytes of the budget held while it runs; set under the lock
     Handle result;
     Failure failure;
   };
@@ -565,11 +637,16 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 
   // What a locked section removed; released (and reported) after unlocking.
   struct Graveyard {
+    explicit Graveyard(ModelCacheCore& c) noexcept : core(c) {}
+    Graveyard(const Graveyard&) = delete;
+    Graveyard& operator=(const Graveyard&) = delete;
+
+    ModelCacheCore& core;
     std::vector<Evicted> evicted;
     std::vector<std::shared_ptr<Entry>> entries;
     std::shared_ptr<const EvictCallback> callback;
 
-    std::size_t finish(const std::string& where) noexcept {
+    std::size_t finish() noexcept {
       std::size_t bytes = 0;
       for (auto& v : evicted) {
         bytes += v.bytes;
@@ -578,10 +655,9 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
           try {
             (*callback)(v.entry->key, v.bytes, v.reason);
           } catch (const std::exception& e) {
-            log_lazy(LogLevel::error,
-                     [&] { return where + ": on_evict callback threw: " + e.what(); });
+            core.log_callback_failure(v, e.what());
           } catch (...) {
-            log(LogLevel::error, "ModelCache: on_evict callback threw a non-std exception");
+            core.log_callback_failure(v, "a non-std exception");
           }
         }
         v.entry.reset();
@@ -591,8 +667,22 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       callback.reset();
       return bytes;
     }
-    ~Graveyard() { finish("ModelCache"); }
+    ~Graveyard() { finish(); }
   };
+
+  // An on_evict callback that throws: logged once per cache (an error), naming the key; later
+  // ones at debug level, since a callback that throws usually throws on every eviction.
+  void log_callback_failure(const Evicted& v, const char* what) noexcept {
+    const LogLevel level = callback_log_.first() ? LogLevel::error : LogLevel::debug;
+    log_lazy(level, [&] {
+      const std::string key = model_cache_streamable<Key>::value ? describe_cache_key(v.entry->key)
+                                                                 : std::string("<key>");
+      return prefix("on_evict") + "callback threw for key " + key + " (evicted by " +
+             to_string(v.reason) + ", " + std::to_string(v.bytes) + " bytes): " + what +
+             "; the eviction stands. Later exceptions from on_evict in this cache are logged at "
+             "debug level only; make the callback catch its own errors";
+    });
+  }
 
   // The first failure is a warning, later ones are debug messages.
   void log_prefetch_failure(const char* what) noexcept {
@@ -812,9 +902,47 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     return Handle(model.get(), Release{model, acct_, 0});
   }
 
-  void wait_for(const std::shared_ptr<LoadOp>& op) {
+  // In a forked child (the hook runs before any code of the child, every lock of this cache
+  // rebuilt): the threads running other loads do not exist here, so their loads never finish.
+  // Each is abandoned: its budget room is given back and the key loads anew on its next get().
+  // A load of the forking thread itself goes on (it forked from inside its loader).
+  void abandon_foreign_loads_in_child() noexcept {
+    const auto me = std::this_thread::get_id();
+    for (auto& kv : map_) {
+      Entry& e = *kv.second;
+      if (!e.op || e.op->owner == me) continue;
+      reserved_ -= e.op->reserved;
+      e.op->done = true;
+      e.op->finished.store(true, std::memory_order_release);
+      e.op.reset();
+    }
+  }
+
+  // Registers this thread in the wait graph while it waits (see begin_load_wait).
+  struct WaitScope {
+    WaitScope() = default;
+    WaitScope(const WaitScope&) = delete;
+    WaitScope& operator=(const WaitScope&) = delete;
+    ~WaitScope() { end_load_wait(); }
+  };
+
+  void wait_for(const std::shared_ptr<LoadOp>& op, const Key& key) {
+    if (const ModelCacheLoadOpBase* mine = begin_load_wait(op.get())) throw_cycle(key, mine);
+    WaitScope scope;
     std::unique_lock<std::mutex> lk(wait_mutex_);
     wait_cv_.wait(lk, [&] { return op->done; });
+  }
+
+  [[noreturn]] void throw_cycle(const Key& key, const ModelCacheLoadOpBase* mine) const {
+    const ModelCacheLoadFrame* f = model_cache_frame_of(mine);
+    const std::string own = f ? f->describe(f->key) : std::string("a model");
+    throw InvalidArgument(
+        prefix("get") + describe_cache_key(key) + ": called from the loader of " + own +
+        ", while another thread loads " + describe_cache_key(key) +
+        " and waits (directly or through other loads) for " + own +
+        ": the two loaders need each other and would wait forever. Load one of the two models "
+        "before the other's loader runs (get() it first), or let only one loader depend on the "
+        "other");
   }
 
   void wait_for_generation(std::uint64_t seen) {
@@ -823,6 +951,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   }
 
   void publish(const std::shared_ptr<LoadOp>& op) noexcept {
+    op->finished.store(true, std::memory_order_release);
     {
       std::lock_guard<std::mutex> lk(wait_mutex_);
       op->done = true;
@@ -861,7 +990,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   Handle get_slow(const Key& key) {
     bool counted = false;
     for (;;) {
-      Graveyard g;
+      Graveyard g(*this);
       std::shared_ptr<Entry> entry;
       std::shared_ptr<LoadOp> op;
       std::size_t reserved = 0;
@@ -898,7 +1027,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
               // Other threads' loads hold reservations; retry once one of them finishes.
               const std::uint64_t gen = generation();
               lock.unlock();
-              g.finish(prefix("get"));
+              g.finish();
               wait_for_generation(gen);
               continue;
             }
@@ -913,13 +1042,14 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
           if (cache_it) {
             reserved = hint;
             reserved_ += hint;
+            op->reserved = hint;
           }
           i_load = true;
         }
       }
-      g.finish(prefix("get"));
+      g.finish();
       if (i_load) return run_load(entry, op, reserved, cache_it);
-      wait_for(op);
+      wait_for(op, key);
       if (op->failure) throw_copy(op->failure);
       if (op->result) return op->result;
     }
@@ -962,11 +1092,13 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     publish(guard.op);
   }
 
-  // Frame of this thread's load stack (see model_cache_own_reservations).
+  // Frame of this thread's load stack (see model_cache_own_reservations and throw_cycle).
   struct LoadFrameScope {
     ModelCacheLoadFrame frame;
-    LoadFrameScope(const void* core, std::size_t reserved) noexcept
-        : frame{core, reserved, model_cache_load_frames()} {
+    LoadFrameScope(const void* core, std::size_t reserved, const LoadOp& op,
+                   const Key& key) noexcept
+        : frame{core, reserved, model_cache_load_frames(),
+                &op,  &key,     &describe_erased_cache_key<Key>} {
       model_cache_load_frames() = &frame;
     }
     ~LoadFrameScope() { model_cache_load_frames() = frame.outer; }
@@ -979,7 +1111,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     const Entry& e = *entry;
     LoadGuard guard{*this, *entry, op, reserved};
     try {
-      Graveyard pg;
+      Graveyard pg(*this);
       evict_for_pressure(pg);
     } catch (...) {
       // Pressure eviction is best effort; the load goes on.
@@ -988,7 +1120,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     Failure error;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      LoadFrameScope frame(this, reserved);
+      LoadFrameScope frame(this, reserved, *op, e.key);
       loaded = e.loader();
       if (!loaded.model)
         throw LoadFailed(prefix("get") + describe_cache_key(e.key) +
@@ -1007,7 +1139,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         error = capture(e, "caching the model failed");
       }
     }
-    Graveyard g;
+    Graveyard g(*this);
     Handle result;
     std::exception_ptr original;
     bool failed = false;
@@ -1057,7 +1189,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
     guard.published = true;
     publish(op);
-    g.finish(prefix("get"));
+    g.finish();
     wrapped.reset();
     loaded.model.reset();
     if (failed) std::rethrow_exception(original);
@@ -1170,6 +1302,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   std::shared_ptr<const EvictCallback> callback_;
   LogOnce pressure_log_;
   LogOnce prefetch_log_;
+  LogOnce callback_log_;
   // Waiting for loads.
   std::mutex wait_mutex_;
   std::condition_variable wait_cv_;

@@ -161,12 +161,10 @@ template <class M>
 bool release_module_ptr(std::shared_ptr<M>& p) noexcept {
   if (!p) return false;
   if (runtime_is_gone() && module_needs_runtime(*p)) return leak_for_teardown(p);
-  try {
-    p.reset();
-  } catch (...) {
-    log_cleanup_failure_once<M>("a module's destructor threw");
-    return false;
-  }
+  // shared_ptr destroys the module inside noexcept code: a module whose destructor throws ends
+  // the process there (not promised, see safe_tensor_cleanup in guards.hpp); LibTorch's module
+  // destructors do not throw.
+  p.reset();
   return true;
 }
 
@@ -604,13 +602,21 @@ inline std::function<Loaded<torch::jit::Module>()> torchscript_loader(
 // ---- LibTorch's CUDA caching allocator ------------------------------------------------------
 
 /// Empties LibTorch's CUDA caching allocator on reclaim (ReclaimCost::framework_cache) and reports
-/// its allocated (in use) and reserved bytes summed over devices in usage(). Without CUDA in
-/// LibTorch or gpusafe it does nothing and reports zeros. Makes no CUDA call when the process is
-/// exiting, in a forked child or without a usable GPU. Never throws.
+/// its allocated (in use) and reserved bytes summed over devices in usage(). Its blocks are cached
+/// and idle, so it empties at every level, light included: safe_cuda_empty_cache() and every
+/// periodic cleanup of a MemoryManager it is attached to empty it, as torch.cuda.empty_cache()
+/// does. Without CUDA in LibTorch or gpusafe it does nothing and reports zeros. Makes no CUDA call
+/// when the process is exiting, in a forked child or without a usable GPU. Never throws.
 class TorchCudaAllocatorReclaimable final : public Reclaimable {
  public:
+  /// Whether a reclaim at `level` empties the cache: at every level (see ReclaimLevel).
+  static constexpr bool empties_at(ReclaimLevel level) noexcept {
+    return level == ReclaimLevel::light || level == ReclaimLevel::heavy ||
+           level == ReclaimLevel::shutdown;
+  }
+
   std::size_t reclaim(const ReclaimRequest& request) noexcept override {
-    if (request.level == ReclaimLevel::light) return 0;  // emptying the cache is not light work
+    if (!empties_at(request.level)) return 0;
 #if GPUSAFE_TORCH_WITH_CUDA
     detail::RuntimeCallGate gate;
     if (!gate || !is_cuda_available()) return 0;

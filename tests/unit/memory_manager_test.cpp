@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -345,8 +346,9 @@ TEST_F(MemoryManagerTest, CleansUpEveryNFrames) {
   EXPECT_EQ(m.frames(), 35u);
   EXPECT_EQ(m.stats().frame_cleanups, 3u);
   EXPECT_EQ(r->calls(gs::ReclaimLevel::light), 3);
-  EXPECT_EQ(r->calls(gs::ReclaimLevel::trim), 0);
-  EXPECT_EQ(r->last_goal(), 0u);  // a light cleanup asks for no bytes
+  EXPECT_EQ(r->calls(gs::ReclaimLevel::heavy), 0);
+  // A light cleanup gives back everything cached and idle: no byte goal.
+  EXPECT_EQ(r->last_goal(), std::numeric_limits<std::size_t>::max());
   // Each cleanup records a snapshot.
   EXPECT_EQ(m.history().size(), 3u);
   EXPECT_EQ(m.history().back().frame, 30u);
@@ -885,6 +887,129 @@ TEST_F(MemoryManagerTest, ForkedChildForgetsTheTimer) {
   EXPECT_EQ(rc, 0);
   EXPECT_TRUE(m.timer_running());  // the parent's timer is untouched
   m.stop();
+}
+
+/// A manager with a running timer, forked while the timer and three more threads work; the
+/// child ends as `end_child` says. The parent's timer thread does not exist in the child: its
+/// handle must be forgotten without a call (detaching it there crashed the child).
+template <class EndChild>
+void fork_busy_manager_and(EndChild end_child) {
+  gs::MemoryManagerOptions o;
+  o.cleanup_interval = 1ms;
+  auto m = std::make_unique<Manager>(o);
+  auto r = std::make_shared<Recorder>("pool", gs::ReclaimCost::idle_memory, 0);
+  m->attach(r);
+  m->start();
+  ASSERT_TRUE(wait_until([&] { return m->stats().timer_cleanups >= 1; }));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int t = 0; t < 3; ++t)
+    busy.emplace_back([&] {
+      while (!stop.load()) {
+        m->on_frame();
+        (void)m->cleanup();
+      }
+    });
+  for (int i = 0; i < 10; ++i) {
+    const int rc = gpusafe_test::run_in_child([&] { return end_child(m); });
+    EXPECT_EQ(rc, 0) << "fork " << i << " (128 + n: killed by signal n; -2: hung)";
+  }
+  stop = true;
+  for (auto& t : busy) t.join();
+  EXPECT_TRUE(m->timer_running());  // the parent's timer is untouched
+}
+
+TEST_F(MemoryManagerTest, ForkedChildMayStopTheParentsTimer) {
+  fork_busy_manager_and([](std::unique_ptr<Manager>& m) {
+    m->stop();
+    m->stop();
+    return m->timer_running() ? 2 : 0;
+  });
+}
+
+TEST_F(MemoryManagerTest, ForkedChildMayDestroyTheManager) {
+  fork_busy_manager_and([](std::unique_ptr<Manager>& m) {
+    m.reset();
+    return 0;
+  });
+}
+
+TEST_F(MemoryManagerTest, ForkedChildMayExitWithTheManagerDestroyedAtExit) {
+  fork_busy_manager_and([](std::unique_ptr<Manager>& m) {
+    // Destroyed by std::exit, as a static manager would be.
+    static std::unique_ptr<Manager> at_exit;
+    at_exit = std::move(m);
+    std::exit(0);
+    return 1;
+  });
+}
+
+TEST_F(MemoryManagerTest, ForkedChildMayRestartTheTimer) {
+  fork_busy_manager_and([](std::unique_ptr<Manager>& m) {
+    const auto before = m->stats().timer_cleanups;
+    m->start(1ms);  // a timer thread of the child's own
+    if (!wait_until([&] { return m->stats().timer_cleanups >= before + 2; })) return 2;
+    m->stop();
+    return m->timer_running() ? 3 : 0;
+  });
+}
+
+// ---- re-entrance -------------------------------------------------------------------------------
+
+/// Runs `inside` from its reclaim(), once per level.
+class CallsBack : public gs::Reclaimable {
+ public:
+  std::function<void(gs::ReclaimLevel)> inside;
+  std::size_t reclaim(const gs::ReclaimRequest& request) noexcept override {
+    if (inside) inside(request.level);
+    return 0;
+  }
+  const char* reclaimable_name() const noexcept override { return "calls_back"; }
+};
+
+TEST_F(MemoryManagerTest, ReleaseOrCleanupFromInsideItsOwnCleanupIsSkippedNotAwaited) {
+  // In a child with a watchdog: waiting on its own cleanup lock would hang forever.
+  const int rc = gpusafe_test::run_in_child([] {
+    Manager m;
+    auto r = std::make_shared<CallsBack>();
+    gs::ReleaseResult nested;
+    std::size_t nested_cleanup = 1;
+    r->inside = [&](gs::ReclaimLevel) {
+      nested = m.release_if_over_threshold();
+      nested_cleanup = m.cleanup();
+    };
+    m.attach(r);
+    (void)m.cleanup();
+    if (nested.note.find("inside this manager's own cleanup") == std::string::npos) return 2;
+    if (nested_cleanup != 0 || m.stats().skipped_cleanups != 1) return 3;
+    // Outside of a cleanup both work as usual.
+    r->inside = nullptr;
+    if (m.release_if_over_threshold().note.find("inside") != std::string::npos) return 4;
+    return m.cleanup() == 0 && m.stats().manual_cleanups == 2 ? 0 : 5;
+  });
+  EXPECT_EQ(rc, 0) << "-2: hung";
+}
+
+TEST_F(MemoryManagerTest, StopFromATimerCleanupWhileAnotherThreadStopsDoesNotDeadlock) {
+  // The timer's cleanup calls stop() while another thread, in stop(), waits to join the timer.
+  const int rc = gpusafe_test::run_in_child([] {
+    gs::MemoryManagerOptions o;
+    o.cleanup_interval = 1ms;
+    Manager m(o);
+    auto r = std::make_shared<CallsBack>();
+    std::atomic<bool> entered{false};
+    r->inside = [&](gs::ReclaimLevel level) {
+      if (level != gs::ReclaimLevel::light || entered.exchange(true)) return;
+      std::this_thread::sleep_for(100ms);  // the other thread is in stop() by now
+      m.stop();
+    };
+    m.attach(r);
+    m.start();
+    if (!wait_until([&] { return entered.load(); })) return 2;
+    m.stop();
+    return m.timer_running() ? 3 : 0;
+  });
+  EXPECT_EQ(rc, 0) << "-2: hung";
 }
 
 // ---- with the real pool and cache --------------------------------------------------------------

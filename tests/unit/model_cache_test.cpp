@@ -23,6 +23,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../support/child_process.hpp"
+#include "gpusafe/guards.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 namespace gs = gpusafe;
@@ -1087,6 +1089,260 @@ TEST_F(ModelCacheTest, KeysWithoutStreamOperatorWork) {
   } catch (const gs::UnknownKey& e) {
     EXPECT_NE(std::string(e.what()).find("operator<<"), std::string::npos) << e.what();
   }
+}
+
+// ---- reclaim levels
+// ------------------------------------------------------------------------------
+
+TEST_F(ModelCacheTest, EmptyCacheKeepsWarmModelsAndAHeavyReclaimEvictsThem) {
+  Cache c;
+  load_one_of_each(c);
+  // safe_cuda_empty_cache() is light: a cache holds nothing cached and idle, it evicts nothing.
+  (void)gs::safe_cuda_empty_cache();
+  EXPECT_TRUE(c.is_resident("p"));
+  EXPECT_TRUE(c.is_resident("s"));
+  EXPECT_TRUE(c.is_resident("pinned"));
+  gs::ReclaimRequest light;
+  light.level = gs::ReclaimLevel::light;
+  EXPECT_EQ(c.reclaimable()->reclaim(light), 0u);
+  EXPECT_EQ(c.stats().evictions_total(), 0u);
+  // Heavy evicts the unpinned secondary models; primary and pinned ones stay.
+  gs::ReclaimRequest heavy;
+  heavy.level = gs::ReclaimLevel::heavy;
+  EXPECT_EQ(c.reclaimable()->reclaim(heavy), 10u);
+  EXPECT_FALSE(c.is_resident("s"));
+  EXPECT_TRUE(c.is_resident("p"));
+  EXPECT_TRUE(c.is_resident("pinned"));
+  EXPECT_EQ(c.stats().evictions_for(gs::EvictReason::reclaim), 1u);
+  static_assert(gs::ReclaimLevel::trim == gs::ReclaimLevel::heavy, "trim is heavy's old name");
+}
+
+// ---- on_evict failures
+// ---------------------------------------------------------------------------
+
+/// Collects the messages at warning level and above for the duration of a test.
+class WarningCapture {
+ public:
+  WarningCapture() : old_level_(gs::log_level()) {
+    gs::set_log_level(gs::LogLevel::warning);
+    old_sink_ = gs::set_log_sink([this](gs::LogLevel, std::string_view m) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      messages_.emplace_back(m);
+    });
+  }
+  ~WarningCapture() {
+    gs::set_log_sink(old_sink_);
+    gs::set_log_level(old_level_);
+  }
+  std::vector<std::string> messages() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return messages_;
+  }
+
+ private:
+  gs::LogLevel old_level_;
+  gs::LogSink old_sink_;
+  std::mutex mutex_;
+  std::vector<std::string> messages_;
+};
+
+TEST_F(ModelCacheTest, ThrowingEvictCallbackIsLoggedOnceNamingTheKey) {
+  gs::ModelCacheOptions o;
+  o.name = "faces";
+  Cache c(o);
+  for (const char* k : {"a", "b", "c"}) {
+    add(c, k, 10);
+    c.get(k);
+  }
+  c.on_evict([](const std::string&, std::size_t, gs::EvictReason) {
+    throw std::runtime_error("callback failure");
+  });
+  WarningCapture logs;
+  EXPECT_EQ(c.evict(10), 10u);  // "a", the least recently used
+  EXPECT_EQ(c.evict(20), 20u);
+  c.get("a");
+  c.remove("a");
+  const auto messages = logs.messages();
+  ASSERT_EQ(messages.size(), 1u) << "one message per cache, not one per eviction";
+  EXPECT_NE(messages[0].find("ModelCache 'faces'"), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("key 'a'"), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("callback failure"), std::string::npos) << messages[0];
+  EXPECT_FALSE(c.is_resident("b"));
+}
+
+TEST_F(ModelCacheTest, ThrowingEvictCallbackOfAKeyWithoutStreamOperatorSaysKey) {
+  gs::ModelCache<Point, int, PointHash, FakeRuntime> c;
+  c.add({1, 2}, [] { return gs::Loaded<int>{std::make_shared<int>(12), 4}; });
+  c.get({1, 2});
+  c.on_evict([](const Point&, std::size_t, gs::EvictReason) { throw 42; });
+  WarningCapture logs;
+  EXPECT_EQ(c.evict(4), 4u);
+  const auto messages = logs.messages();
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_NE(messages[0].find("key <key>"), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("a non-std exception"), std::string::npos) << messages[0];
+}
+
+// ---- load cycles -----------------------------------------------------------------------------
+
+/// Registers `key` in `c`, whose loader waits (up to 5 s) until `entered` loaders have started,
+/// then gets `needs` from `other`.
+void add_needing(Cache& c, const std::string& key, Cache& other, const std::string& needs,
+                 std::shared_ptr<std::atomic<int>> entered) {
+  Cache* raw = &other;
+  c.add(key, [raw, needs, entered] {
+    ++*entered;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (entered->load() < 2 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const int v = raw->get(needs)->value;
+    return gs::Loaded<Model>{std::make_shared<Model>(v + 1), 10};
+  });
+}
+
+/// get(key) on its own thread; the outcome: the InvalidArgument's message, or "ok"/"other".
+void get_expecting_cycle(std::shared_ptr<Cache> c, std::string key,
+                         std::shared_ptr<std::string> outcome) {
+  try {
+    c->get(key);
+    *outcome = "ok";
+  } catch (const gs::InvalidArgument& e) {
+    *outcome = e.what();
+  } catch (const std::exception& e) {
+    *outcome = std::string("other: ") + e.what();
+  }
+}
+
+void expect_cycle_message(const std::string& m) {
+  EXPECT_NE(m.find("'A'"), std::string::npos) << m;
+  EXPECT_NE(m.find("'B'"), std::string::npos) << m;
+  EXPECT_NE(m.find("need each other"), std::string::npos) << m;
+}
+
+TEST_F(ModelCacheTest, LoadersThatNeedEachOthersKeysFailInsteadOfDeadlocking) {
+  auto c = std::make_shared<Cache>();
+  auto entered = std::make_shared<std::atomic<int>>(0);
+  add_needing(*c, "A", *c, "B", entered);
+  add_needing(*c, "B", *c, "A", entered);
+  auto a = std::make_shared<std::string>(), b = std::make_shared<std::string>();
+  const bool finished = finishes_within(std::chrono::seconds(20), [c, a, b] {
+    std::thread ta(get_expecting_cycle, c, "A", a);
+    std::thread tb(get_expecting_cycle, c, "B", b);
+    ta.join();
+    tb.join();
+  });
+  ASSERT_TRUE(finished) << "two loaders waiting for each other deadlocked";
+  // The thread that closed the cycle fails at once; its failed load reaches the other one.
+  expect_cycle_message(*a);
+  expect_cycle_message(*b);
+  EXPECT_EQ(entered->load(), 2);
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+  EXPECT_FALSE(c->is_resident("A"));
+  EXPECT_FALSE(c->is_resident("B"));
+}
+
+TEST_F(ModelCacheTest, LoadersOfTwoCachesThatNeedEachOtherFailInsteadOfDeadlocking) {
+  auto c1 = std::make_shared<Cache>(), c2 = std::make_shared<Cache>();
+  auto entered = std::make_shared<std::atomic<int>>(0);
+  add_needing(*c1, "A", *c2, "B", entered);
+  add_needing(*c2, "B", *c1, "A", entered);
+  auto a = std::make_shared<std::string>(), b = std::make_shared<std::string>();
+  const bool finished = finishes_within(std::chrono::seconds(20), [c1, c2, a, b] {
+    std::thread ta(get_expecting_cycle, c1, "A", a);
+    std::thread tb(get_expecting_cycle, c2, "B", b);
+    ta.join();
+    tb.join();
+  });
+  ASSERT_TRUE(finished) << "two loaders waiting for each other deadlocked";
+  expect_cycle_message(*a);
+  expect_cycle_message(*b);
+}
+
+TEST_F(ModelCacheTest, ALoaderWaitingForAnotherThreadsLoadIsNoCycle) {
+  // A's loader gets B, which another thread is loading (and which needs nothing): it waits.
+  auto c = std::make_shared<Cache>();
+  auto b_started = std::make_shared<std::atomic<bool>>(false);
+  auto b_may_end = std::make_shared<std::atomic<bool>>(false);
+  c->add("B", [b_started, b_may_end] {
+    *b_started = true;
+    while (!b_may_end->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return gs::Loaded<Model>{std::make_shared<Model>(2), 10};
+  });
+  Cache* raw = c.get();
+  c->add("A", [raw] {
+    return gs::Loaded<Model>{std::make_shared<Model>(raw->get("B")->value), 10};
+  });
+  auto value = std::make_shared<std::atomic<int>>(0);
+  const bool finished = finishes_within(std::chrono::seconds(20), [c, b_started, b_may_end, value] {
+    std::thread tb([c] { c->get("B"); });
+    while (!b_started->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::thread ta([c, value] { *value = c->get("A")->value; });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    *b_may_end = true;
+    ta.join();
+    tb.join();
+  });
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(value->load(), 2);
+}
+
+// ---- fork
+// ----------------------------------------------------------------------------------------
+
+TEST_F(ModelCacheTest, ChildForkedDuringAnotherThreadsLoadDoesNotWaitForIt) {
+  // "slow" is loading on another thread at fork time, holding 60 of the 100 budget bytes. That
+  // thread does not exist in the child: its load is abandoned there and its room given back.
+  auto c = std::make_shared<Cache>(budget(100));
+  auto entered = std::make_shared<std::atomic<bool>>(false);
+  auto may_end = std::make_shared<std::atomic<bool>>(false);
+  c->add(
+      "slow",
+      [entered, may_end] {
+        *entered = true;
+        while (!may_end->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return gs::Loaded<Model>{std::make_shared<Model>(60), 60};
+      },
+      gs::Residency::secondary, 60);
+  add(*c, "other", 50, gs::Residency::secondary, 50);
+  std::thread loading([c] { c->get("slow"); });
+  while (!entered->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int rc = gpusafe_test::run_in_child([&] {
+    *may_end = true;  // the child's copy: a load run in the child ends at once
+    if (c->stats().bytes_reserved != 0) return 2;
+    if (c->get("other")->value != 50) return 3;  // fits: the vanished load holds no room
+    if (c->get("slow")->value != 60) return 4;   // loads anew here (evicting "other")
+    if (c->is_resident("other") || !c->is_resident("slow")) return 5;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "-2: the child waited for a load of a thread that does not exist there";
+  *may_end = true;
+  loading.join();
+  EXPECT_TRUE(c->is_resident("slow"));  // the parent's load finished as usual
+}
+
+TEST_F(ModelCacheTest, ChildForkedWhileAThreadWaitsForALoadGetsTheKeyItself) {
+  // One thread loads "k", another waits for it; neither exists in the child.
+  auto c = std::make_shared<Cache>();
+  auto entered = std::make_shared<std::atomic<bool>>(false);
+  auto may_end = std::make_shared<std::atomic<bool>>(false);
+  c->add("k", [entered, may_end] {
+    *entered = true;
+    while (!may_end->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return gs::Loaded<Model>{std::make_shared<Model>(7), 7};
+  });
+  std::thread loading([c] { c->get("k"); });
+  while (!entered->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::thread waiting([c] { c->get("k"); });
+  while (c->stats().waits == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int rc = gpusafe_test::run_in_child([&] {
+    *may_end = true;
+    return c->get("k")->value == 7 ? 0 : 2;
+  });
+  EXPECT_EQ(rc, 0) << "-2: hung";
+  *may_end = true;
+  loading.join();
+  waiting.join();
+  EXPECT_EQ(c->stats().loads, 1u);
 }
 
 TEST_F(ModelCacheTest, DefaultRuntimeCacheWorks) {

@@ -537,11 +537,23 @@ TEST(TorchAllocator, UsageAndReclaim) {
     EXPECT_GE(held.bytes_reserved, held.bytes_in_use);
   }
   EXPECT_GE(r->usage().bytes_reserved, std::size_t{64} << 20) << "the cache keeps the block";
-  gs::ReclaimRequest light;
-  light.level = gs::ReclaimLevel::light;
-  EXPECT_EQ(r->reclaim(light), 0u);
+  // safe_cuda_empty_cache() reclaims at light level, which empties LibTorch's cache.
   EXPECT_GE(gs::safe_cuda_empty_cache(), std::size_t{64} << 20);
   EXPECT_LT(r->usage().bytes_reserved, std::size_t{64} << 20);
+}
+
+// LibTorch's cached blocks are idle memory: every level empties them, light included, so that
+// safe_cuda_empty_cache() and a manager's periodic cleanup reach them. (On CPU LibTorch there is
+// no CUDA cache to empty; the dispatch is what is checked here.)
+TEST(TorchAllocator, EmptiesAtEveryLevelLightIncluded) {
+  static_assert(gs::TorchCudaAllocatorReclaimable::empties_at(gs::ReclaimLevel::light));
+  EXPECT_TRUE(gs::TorchCudaAllocatorReclaimable::empties_at(gs::ReclaimLevel::light));
+  EXPECT_TRUE(gs::TorchCudaAllocatorReclaimable::empties_at(gs::ReclaimLevel::heavy));
+  EXPECT_TRUE(gs::TorchCudaAllocatorReclaimable::empties_at(gs::ReclaimLevel::shutdown));
+  gs::ReclaimRequest light;
+  light.level = gs::ReclaimLevel::light;
+  const std::size_t released = gs::torch_allocator_reclaimable()->reclaim(light);
+  if (!(GPUSAFE_TORCH_WITH_CUDA && gs::is_cuda_available())) EXPECT_EQ(released, 0u);
 }
 
 TEST(TorchAgreement, CudaAvailabilityAgreesWithLibTorch) {
