@@ -198,7 +198,7 @@ class BasicSafeCudaCleanup {
   }
 
   void synchronize() noexcept {
-    detail::RuntimeCallGate gate;
+    detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate || !Runtime::gpu_available()) return;
     int device = options_.device;
     if (device < 0) {
@@ -232,6 +232,36 @@ using SafeCudaCleanup = BasicSafeCudaCleanup<DefaultRuntime>;
 
 // ---- safe_tensor_cleanup --------------------------------------------------------------------
 
+namespace detail {
+
+using GoneCheck = bool (*)() noexcept;
+
+/// The runtime a safe_tensor_cleanup call on this thread is about (null: the default runtime).
+inline thread_local GoneCheck cleanup_gone_check = nullptr;
+
+/// What release code under safe_tensor_cleanup asks before touching GPU memory: whether the
+/// runtime the call is about is gone (exiting or forked child). Arms the exit flag for that
+/// runtime, so a cleanup may be gpusafe's first use, even inside exit.
+inline bool cleanup_runtime_is_gone() noexcept {
+  const GoneCheck check = cleanup_gone_check;
+  return check ? check() : runtime_is_gone<DefaultRuntime>();
+}
+
+/// Sets the runtime of the cleanups run on this thread for a scope (nested scopes restore it).
+class CleanupRuntimeScope {
+ public:
+  explicit CleanupRuntimeScope(GoneCheck check) noexcept
+      : previous_(std::exchange(cleanup_gone_check, check)) {}
+  ~CleanupRuntimeScope() { cleanup_gone_check = previous_; }
+  CleanupRuntimeScope(const CleanupRuntimeScope&) = delete;
+  CleanupRuntimeScope& operator=(const CleanupRuntimeScope&) = delete;
+
+ private:
+  GoneCheck previous_;
+};
+
+}  // namespace detail
+
 /// Customization point of safe_tensor_cleanup: specialise it for your type with
 ///
 ///   template <> struct gpusafe::CleanupTraits<MyTensor> {
@@ -239,7 +269,7 @@ using SafeCudaCleanup = BasicSafeCudaCleanup<DefaultRuntime>;
 ///   };
 ///
 /// (or partially, with `Enable` as a std::enable_if_t condition). release() must not throw and,
-/// when detail::runtime_is_gone() (the process is exiting or is a forked child), must not call
+/// when detail::cleanup_runtime_is_gone() (the process is exiting or is a forked child), must not call
 /// the GPU runtime: leak the object instead (see leak_for_teardown()). The primary template
 /// handles std::unique_ptr, std::shared_ptr, std::optional, containers of supported types
 /// (sequences, std::array, maps by their values) and any type with a reset() member.
@@ -384,7 +414,7 @@ void destroy_unique(std::unique_ptr<U, D>& x) noexcept {
 template <class T, std::enable_if_t<IsUniquePtr<T>::value || IsSharedPtr<T>::value, int> = 0>
 bool generic_release_ptr(T& x) noexcept {
   if (!x) return false;
-  if (runtime_is_gone()) {
+  if (cleanup_runtime_is_gone()) {
     if constexpr (IsSharedPtr<T>::value) {
       return leak_for_teardown(x);
     } else {
@@ -438,7 +468,7 @@ bool release_resettable(T& x) noexcept {
     }
   }
   if (!held) return false;
-  if (runtime_is_gone()) return leak_for_teardown(x);
+  if (cleanup_runtime_is_gone()) return leak_for_teardown(x);
   try {
     x.reset();
   } catch (const std::exception& e) {
@@ -478,6 +508,19 @@ struct CleanupTraits {
   static bool release(T& x) noexcept { return detail::generic_release(x); }
 };
 
+
+/// safe_tensor_cleanup for resources whose memory belongs to `Runtime` (a test double, or a
+/// runtime of your own); safe_tensor_cleanup(xs...) is basic_safe_tensor_cleanup<DefaultRuntime>.
+template <class Runtime, class... Ts>
+bool basic_safe_tensor_cleanup(Ts&... xs) noexcept {
+  static_assert(sizeof...(Ts) > 0, "safe_tensor_cleanup needs at least one argument");
+  static_assert((!std::is_const_v<Ts> && ...), "safe_tensor_cleanup cannot empty a const object");
+  detail::CleanupRuntimeScope scope(&detail::runtime_is_gone<Runtime>);
+  bool released = false;
+  ((released = CleanupTraits<Ts>::release(xs) || released), ...);
+  return released;
+}
+
 /// Releases what each argument holds (a tensor, a module, a smart pointer, an optional, a
 /// container of them, anything with reset() or a CleanupTraits specialisation), leaving it
 /// empty. Returns whether something was released. Never throws (a failure is logged once).
@@ -495,11 +538,7 @@ struct CleanupTraits {
 ///   types a noexcept destructor, or hold them in a std::unique_ptr.
 template <class... Ts>
 bool safe_tensor_cleanup(Ts&... xs) noexcept {
-  static_assert(sizeof...(Ts) > 0, "safe_tensor_cleanup needs at least one argument");
-  static_assert((!std::is_const_v<Ts> && ...), "safe_tensor_cleanup cannot empty a const object");
-  bool released = false;
-  ((released = CleanupTraits<Ts>::release(xs) || released), ...);
-  return released;
+  return basic_safe_tensor_cleanup<DefaultRuntime>(xs...);
 }
 
 // ---- DeviceGuard ----------------------------------------------------------------------------
@@ -517,13 +556,13 @@ class BasicDeviceGuard {
     if (device < 0) throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
     if (!Runtime::gpu_available()) {
       if (device == 0) return;
-      if (detail::runtime_is_gone()) check_gpu_request(device, what);
+      if (detail::runtime_is_gone<Runtime>()) check_gpu_request(device, what);
       throw InvalidArgument(what + ": there is no usable GPU (" + Runtime::name() +
                             " runtime), so only index 0, the host, exists; pass 0");
     }
     // Held during the calls so that the exit handler waits for them (bounded) before the runtime
     // tears down; refused when forked or exiting, which check_gpu_request reports clearly.
-    detail::RuntimeCallGate gate;
+    detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) check_gpu_request(device, what);
     const Status current = Runtime::get_device(previous_);
     if (!current.ok()) throw_status(current, what + ": reading the current device");
@@ -545,7 +584,7 @@ class BasicDeviceGuard {
 
   ~BasicDeviceGuard() {
     if (!switched_) return;
-    detail::RuntimeCallGate gate;
+    detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) return;
     const Status s = Runtime::set_device(previous_);
     if (!s.ok()) detail::log_release_failure("DeviceGuard", "restoring the device", previous_, s);

@@ -802,7 +802,7 @@ class BasicMemoryManager {
       if (options_.device != 0) return false;
       return HostRuntime::memory_info(0, free_bytes, total_bytes).ok() && total_bytes > 0;
     }
-    detail::RuntimeCallGate gate;
+    detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) return false;
     const Status s = Runtime::memory_info(options_.device, free_bytes, total_bytes);
     if (!s.ok()) {

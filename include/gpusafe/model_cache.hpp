@@ -872,7 +872,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     std::size_t free_bytes = 0, total = 0;
     Status s;
     {
-      detail::RuntimeCallGate gate;
+      detail::BasicRuntimeCallGate<Runtime> gate;
       if (!gate) return 0;
       s = Runtime::memory_info(options_.device, free_bytes, total);
     }

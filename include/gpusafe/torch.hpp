@@ -143,7 +143,7 @@ inline bool jit_module_holds(const torch::jit::Module& m) noexcept {
 
 inline bool release_tensor(at::Tensor& t) noexcept {
   if (!t.defined()) return false;
-  if (runtime_is_gone() && tensor_needs_runtime(t)) {
+  if (cleanup_runtime_is_gone() && tensor_needs_runtime(t)) {
     // Keeps the reference count forever: no destructor, no deleter, no runtime call.
     mark_deliberate_leak(t.unsafeReleaseTensorImpl());
     return true;
@@ -160,7 +160,7 @@ inline bool release_tensor(at::Tensor& t) noexcept {
 template <class M>
 bool release_module_ptr(std::shared_ptr<M>& p) noexcept {
   if (!p) return false;
-  if (runtime_is_gone() && module_needs_runtime(*p)) return leak_for_teardown(p);
+  if (cleanup_runtime_is_gone() && module_needs_runtime(*p)) return leak_for_teardown(p);
   // shared_ptr destroys the module inside noexcept code: a module whose destructor throws ends
   // the process there (not promised, see safe_tensor_cleanup in guards.hpp); LibTorch's module
   // destructors do not throw.
@@ -209,7 +209,7 @@ template <>
 struct CleanupTraits<torch::jit::Module> {
   static bool release(torch::jit::Module& m) noexcept {
     if (!detail::jit_module_holds(m)) return false;
-    if (detail::runtime_is_gone() && detail::module_needs_runtime(m)) {
+    if (detail::cleanup_runtime_is_gone() && detail::module_needs_runtime(m)) {
       if (!leak_for_teardown(m)) return false;
       try {
         m = torch::jit::Module();

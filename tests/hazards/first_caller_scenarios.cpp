@@ -9,6 +9,7 @@
 #include <chrono>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "gpusafe/buffer_pool.hpp"
 #include "gpusafe/guards.hpp"
@@ -37,6 +38,10 @@ template <class Runtime>
 struct UserTensor {
   void* p = nullptr;
   gs::MemoryKind kind = gs::MemoryKind::host;
+
+  UserTensor() = default;
+  UserTensor(UserTensor&& o) noexcept : p(std::exchange(o.p, nullptr)), kind(o.kind) {}
+  UserTensor& operator=(UserTensor&&) = delete;
 
   void allocate(std::size_t bytes) {
     kind = Runtime::gpu_available() ? gs::MemoryKind::device : gs::MemoryKind::host;
@@ -143,7 +148,10 @@ GPUSAFE_HAZARD_SCENARIO(first_call_by_user_then_pool) {
     std::optional<gs::BufferLease> lease;
     ~Statics() {
       gs::BasicSafeCudaCleanup<Runtime> cleanup({true, true, 0});
-      cleanup.defer([this] { gs::basic_safe_tensor_cleanup<Runtime>(lease, pool); });
+      cleanup.defer([this] {
+        lease.reset();  // the lease and the pool follow the teardown rules themselves
+        pool.reset();
+      });
     }
   };
   static Statics statics;

@@ -477,8 +477,9 @@ TEST_F(GuardsTest, CleanupLeaksAtExit) {
     static FakeBuffer* held = nullptr;
     static std::unique_ptr<FakeBuffer> up;
     std::atexit([] {
-      const bool exiting = gs::process_is_exiting();
-      const bool released = gs::safe_tensor_cleanup(*held, up);
+      // gpusafe's first use with the fake comes here, after the fake's teardown.
+      const bool exiting = gs::process_is_exiting<FakeRuntime>();
+      const bool released = gs::basic_safe_tensor_cleanup<FakeRuntime>(*held, up);
       std::_Exit(exiting && released && !*held && !up ? 0 : 7);
     });
     held = new FakeBuffer(64);  // the first runtime call
