@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -380,12 +382,98 @@ TEST_F(FakeRuntimeTest, EventsFollowTheirStream) {
   FakeRuntime::complete_stream(s);
   EXPECT_TRUE(FakeRuntime::event_query(e).ok());
 
-  // The null (default) stream has nothing pending.
+  // The null (default) stream has nothing pending until work is enqueued on it.
   ASSERT_TRUE(FakeRuntime::event_record(e, nullptr).ok());
   EXPECT_TRUE(FakeRuntime::event_query(e).ok());
   EXPECT_TRUE(FakeRuntime::event_destroy(e).ok());
   FakeRuntime::destroy_stream(s);
   EXPECT_EQ(FakeRuntime::event_query(nullptr).code, gs::codes::invalid_resource_handle);
+}
+
+TEST_F(FakeRuntimeTest, TheNullStreamCanBeBusyLikeAnyOther) {
+  gs::EventHandle e = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(e).ok());
+  FakeRuntime::enqueue_work(nullptr);  // a kernel on the default stream
+  ASSERT_TRUE(FakeRuntime::event_record(e, nullptr).ok());
+  EXPECT_EQ(FakeRuntime::event_query(e).code, gs::codes::not_ready);
+  FakeRuntime::complete_stream(nullptr);
+  EXPECT_TRUE(FakeRuntime::event_query(e).ok());
+  (void)FakeRuntime::event_destroy(e);
+}
+
+TEST_F(FakeRuntimeTest, EachDeviceHasItsOwnNullStream) {
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  FakeRuntime::enqueue_work(nullptr);  // busy on device 1 only
+  gs::EventHandle on1 = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(on1).ok());
+  ASSERT_TRUE(FakeRuntime::event_record(on1, nullptr).ok());
+  ASSERT_TRUE(FakeRuntime::set_device(0).ok());
+  gs::EventHandle on0 = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(on0).ok());
+  ASSERT_TRUE(FakeRuntime::event_record(on0, nullptr).ok());
+  EXPECT_TRUE(FakeRuntime::event_query(on0).ok()) << "device 0's null stream is idle";
+  EXPECT_EQ(FakeRuntime::event_query(on1).code, gs::codes::not_ready);
+  (void)FakeRuntime::event_destroy(on0);
+  (void)FakeRuntime::event_destroy(on1);
+}
+
+TEST_F(FakeRuntimeTest, EventsAndStreamsBelongToTheirDevice) {
+  // As in CUDA: an event made on device 1 cannot be recorded on a stream of device 0 (a created
+  // one, or the null stream while device 0 is current).
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  gs::EventHandle e = nullptr;
+  ASSERT_TRUE(FakeRuntime::event_create(e).ok());
+  gs::StreamHandle s1 = FakeRuntime::create_stream();
+  EXPECT_EQ(FakeRuntime::event_device(e), 1);
+  EXPECT_EQ(FakeRuntime::stream_device(s1), 1);
+  ASSERT_TRUE(FakeRuntime::set_device(0).ok());
+  gs::StreamHandle s0 = FakeRuntime::create_stream();
+  EXPECT_EQ(FakeRuntime::event_record(e, s0).code, gs::codes::invalid_resource_handle);
+  EXPECT_EQ(FakeRuntime::event_record(e, nullptr).code, gs::codes::invalid_resource_handle);
+  EXPECT_TRUE(FakeRuntime::event_record(e, s1).ok()) << "its own device's stream, from anywhere";
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  EXPECT_TRUE(FakeRuntime::event_record(e, nullptr).ok());
+  (void)FakeRuntime::event_destroy(e);
+  FakeRuntime::destroy_stream(s0);
+  FakeRuntime::destroy_stream(s1);
+}
+
+// The fake imitates a runtime whose teardown is registered independently of gpusafe: its first
+// call registers the fake's teardown and nothing else, so gpusafe's exit flag is set only because
+// gpusafe itself armed it.
+TEST(FakeRuntimeTeardown, TheFirstCallDoesNotArmGpusafe) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::atexit([] {
+          // Registered before the fake's first call: runs after its teardown. Nothing of
+          // gpusafe was used, so gpusafe's flag (peeked, not used) must still be clear.
+          std::_Exit(FakeRuntime::torn_down() && !gs::detail::is_exiting() ? 0 : 1);
+        });
+        FakeRuntime::reset();
+        int n = 0;
+        (void)FakeRuntime::device_count(n);
+        std::exit(5);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(FakeRuntimeTeardown, InitializeAfterTeardownAnswersUnloadingWithoutTrapping) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::atexit([] {
+          if (FakeRuntime::initialize().code != gs::codes::cudart_unloading) std::_Exit(2);
+          int d = 0;
+          (void)FakeRuntime::get_device(d);  // any other call traps
+          std::_Exit(1);
+        });
+        FakeRuntime::reset();
+        FakeRuntime::trap_after_teardown(true);
+        EXPECT_TRUE(FakeRuntime::initialize().ok());
+        std::exit(5);
+      },
+      ::testing::KilledBySignal(SIGABRT), "FakeRuntime trap: get_device called after");
 }
 
 // ---- bad input
