@@ -2,6 +2,7 @@
 #include "gpusafe/memory_manager.hpp"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -889,9 +890,26 @@ TEST_F(MemoryManagerTest, ForkedChildForgetsTheTimer) {
   m.stop();
 }
 
+/// Creates and joins threads whose stacks are of a size nobody else uses, as a child doing
+/// threaded work would: the C library's cache of thread stacks overflows and unmaps the stacks,
+/// descriptors included, of the parent's threads (which do not exist in the child).
+void churn_thread_stacks() {
+  for (int i = 0; i < 4; ++i) {
+    pthread_attr_t attr;
+    ::pthread_attr_init(&attr);
+    ::pthread_attr_setstacksize(&attr, std::size_t{24} << 20);
+    pthread_t t;
+    if (::pthread_create(
+            &t, &attr, [](void*) -> void* { return nullptr; }, nullptr) == 0)
+      ::pthread_join(t, nullptr);
+    ::pthread_attr_destroy(&attr);
+  }
+}
+
 /// A manager with a running timer, forked while the timer and three more threads work; the
-/// child ends as `end_child` says. The parent's timer thread does not exist in the child: its
-/// handle must be forgotten without a call (detaching it there crashed the child).
+/// child does threaded work of its own, then ends as `end_child` says. The parent's timer thread
+/// does not exist in the child: its handle must be forgotten without a call (detaching it there
+/// crashed the child).
 template <class EndChild>
 void fork_busy_manager_and(EndChild end_child) {
   gs::MemoryManagerOptions o;
@@ -911,7 +929,10 @@ void fork_busy_manager_and(EndChild end_child) {
       }
     });
   for (int i = 0; i < 10; ++i) {
-    const int rc = gpusafe_test::run_in_child([&] { return end_child(m); });
+    const int rc = gpusafe_test::run_in_child([&] {
+      churn_thread_stacks();
+      return end_child(m);
+    });
     EXPECT_EQ(rc, 0) << "fork " << i << " (128 + n: killed by signal n; -2: hung)";
   }
   stop = true;
