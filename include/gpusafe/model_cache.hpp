@@ -10,7 +10,12 @@
 // Thread safety: every member function may be called from any thread. A hit takes one of 16
 // striped locks (picked per thread) and no shared write, so hits on several threads scale;
 // everything else takes all stripes. No loader, on_evict callback or model destructor ever runs
-// under a lock, so they may call back into the cache (or into reclaim_all()).
+// under a lock, so they may call back into the cache (or into reclaim_all()). Loaders that wait
+// for each other (A's loader gets B while another thread's loader of B gets A, or each waits for
+// budget room the other's load holds) fail instead of waiting forever.
+//
+// Fork: a forked child re-creates the cache's locks, and abandons the loads that other threads of
+// the parent were running (their room in the budget is given back; the key loads anew there).
 //
 // Teardown: the cache makes no runtime calls of its own (only memory_info() when watermarks are
 // set, on the acquire side). Destroying the cache drops its references without callbacks;
@@ -1379,8 +1384,10 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 ///
 /// `Key` must be copyable, hashable with `Hash` and comparable with ==. `Model` is any type;
 /// handles are `std::shared_ptr<Model>`. `Runtime` is only asked for memory_info() (pressure
-/// eviction). The cache registers itself with gpusafe's reclaim registry: reclaim_all() evicts
-/// unpinned secondary models LRU-first, shutdown() evicts every unpinned model.
+/// eviction). The cache registers itself with gpusafe's reclaim registry: a light reclaim
+/// (safe_cuda_empty_cache(), periodic cleanups) evicts nothing, a heavy one (reclaim_all(),
+/// threshold releases) evicts unpinned secondary models LRU-first, shutdown() evicts every
+/// unpinned model.
 template <class Key, class Model, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
 class ModelCache {
   using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;
