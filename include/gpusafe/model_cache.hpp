@@ -10,7 +10,12 @@
 // Thread safety: every member function may be called from any thread. A hit takes one of 16
 // striped locks (picked per thread) and no shared write, so hits on several threads scale;
 // everything else takes all stripes. No loader, on_evict callback or model destructor ever runs
-// under a lock, so they may call back into the cache (or into reclaim_all()).
+// under a lock, so they may call back into the cache (or into reclaim_all()). Loaders that wait
+// for each other (A's loader gets B while another thread's loader of B gets A, or each waits for
+// budget room the other's load holds) fail instead of waiting forever.
+//
+// Fork: a forked child re-creates the cache's locks, and abandons the loads that other threads of
+// the parent were running (their room in the budget is given back; the key loads anew there).
 //
 // Teardown: the cache makes no runtime calls of its own (only memory_info() when watermarks are
 // set, on the acquire side). Destroying the cache drops its references without callbacks;
@@ -224,14 +229,22 @@ inline std::size_t model_cache_own_reservations(const void* core) noexcept {
   return sum;
 }
 
-/// Which load each thread waits for. A thread about to wait follows the chain (the load's owner,
-/// the load that owner waits for, ...); reaching itself means the loaders wait for each other
-/// and would wait forever. Its lock is a leaf lock (taken with no other lock held, nothing taken
-/// under it), so it joins the fork-aware objects; a forked child empties the table, whose waiting
+/// What a waiting thread waits for: one load (another thread's load of the key it wants), or any
+/// one of several loads (room in the budget that their reservations hold).
+struct ModelCacheWait {
+  const ModelCacheLoadOpBase* one = nullptr;
+  std::vector<const ModelCacheLoadOpBase*> any;
+};
+
+/// What each waiting thread waits for. A thread about to wait follows who waits for whom (the
+/// load's thread, what that thread waits for, ...); when every way leads back to a load of its
+/// own, the loads wait for each other and would wait forever. Its lock is a leaf lock, never
+/// taken under another lock of the library (so that fork()'s handler, which takes every
+/// fork-aware lock, cannot deadlock with it); a forked child empties the table, whose waiting
 /// threads do not exist there.
 struct ModelCacheWaitGraph final : ForkAware {
   std::mutex mutex;
-  std::unordered_map<std::thread::id, const ModelCacheLoadOpBase*> waits;  // guarded by mutex
+  std::unordered_map<std::thread::id, ModelCacheWait> waits;  // guarded by mutex
 
   ModelCacheWaitGraph() noexcept { enrol_fork_aware(this); }
   void lock_for_fork() noexcept override { mutex.lock(); }
@@ -240,6 +253,34 @@ struct ModelCacheWaitGraph final : ForkAware {
     new (&mutex) std::mutex();
     waits.clear();
   }
+
+  /// The load of thread `me` that `op` waits for, directly or through other waits, so that it
+  /// can never finish while `me` waits; null when it can (it finished, or some thread on the way
+  /// runs). Called under `mutex`. `depth` stops at loops of other threads (each of those was
+  /// checked by the thread that closed it).
+  const ModelCacheLoadOpBase* closes_on(const ModelCacheLoadOpBase* op, std::thread::id me,
+                                        std::size_t depth) const {
+    if (op->finished.load(std::memory_order_acquire)) return nullptr;
+    if (op->owner == me) return op;
+    if (depth > waits.size()) return nullptr;
+    auto it = waits.find(op->owner);
+    if (it == waits.end()) return nullptr;  // its thread runs: the load may finish
+    if (it->second.one) return closes_on(it->second.one, me, depth + 1);
+    return closes_on_all(it->second.any, me, depth + 1);
+  }
+
+  /// Like closes_on, for a thread that waits until any one of `ops` finishes: it is stuck only
+  /// when every one of them is. Null for an empty list.
+  const ModelCacheLoadOpBase* closes_on_all(const std::vector<const ModelCacheLoadOpBase*>& ops,
+                                            std::thread::id me, std::size_t depth) const {
+    const ModelCacheLoadOpBase* mine = nullptr;
+    for (const auto* op : ops) {
+      const ModelCacheLoadOpBase* m = closes_on(op, me, depth);
+      if (!m) return nullptr;
+      if (!mine) mine = m;
+    }
+    return mine;
+  }
 };
 
 inline ModelCacheWaitGraph& model_cache_wait_graph() noexcept {
@@ -247,22 +288,16 @@ inline ModelCacheWaitGraph& model_cache_wait_graph() noexcept {
   return graph.get();
 }
 
-/// Records that this thread waits for `op`, unless waiting would close a cycle: then returns the
-/// load of this thread that the chain leads back to (and records nothing). Throws
-/// std::bad_alloc.
-inline const ModelCacheLoadOpBase* begin_load_wait(const ModelCacheLoadOpBase* op) {
+/// Records that this thread waits for `wait`, unless waiting would never end: then returns the
+/// load of this thread that the waits lead back to (and records nothing). Throws std::bad_alloc.
+inline const ModelCacheLoadOpBase* begin_load_wait(ModelCacheWait wait) {
   auto& graph = model_cache_wait_graph();
   const auto me = std::this_thread::get_id();
   std::lock_guard<std::mutex> lock(graph.mutex);
-  const ModelCacheLoadOpBase* at = op;
-  // Each waiting thread appears once, so a chain longer than the table is a loop of others.
-  for (std::size_t hops = 0; at && hops <= graph.waits.size(); ++hops) {
-    if (at->finished.load(std::memory_order_acquire)) break;  // its owner moves on
-    if (at->owner == me) return at;
-    auto it = graph.waits.find(at->owner);
-    at = it == graph.waits.end() ? nullptr : it->second;
-  }
-  graph.waits[me] = op;
+  const ModelCacheLoadOpBase* mine =
+      wait.one ? graph.closes_on(wait.one, me, 0) : graph.closes_on_all(wait.any, me, 0);
+  if (mine) return mine;
+  graph.waits[me] = std::move(wait);
   return nullptr;
 }
 
@@ -927,7 +962,9 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   };
 
   void wait_for(const std::shared_ptr<LoadOp>& op, const Key& key) {
-    if (const ModelCacheLoadOpBase* mine = begin_load_wait(op.get())) throw_cycle(key, mine);
+    ModelCacheWait wait;
+    wait.one = op.get();
+    if (const ModelCacheLoadOpBase* mine = begin_load_wait(std::move(wait))) throw_cycle(key, mine);
     WaitScope scope;
     std::unique_lock<std::mutex> lk(wait_mutex_);
     wait_cv_.wait(lk, [&] { return op->done; });
@@ -950,6 +987,30 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     wait_cv_.wait(lk, [&] { return generation_ != seen; });
   }
 
+  // The loads of other threads that hold room in the budget (under the lock).
+  std::vector<std::shared_ptr<LoadOp>> loads_holding_room() const {
+    std::vector<std::shared_ptr<LoadOp>> ops;
+    const auto me = std::this_thread::get_id();
+    for (const auto& kv : map_) {
+      const auto& op = kv.second->op;
+      if (op && op->reserved != 0 && op->owner != me) ops.push_back(op);
+    }
+    return ops;
+  }
+
+  // Waits until one of `others` finishes (or any load did since `seen`), unless every one of
+  // them waits, directly or through other waits, for a load of this thread: then returns false
+  // at once, since waiting would never end.
+  bool wait_for_room(const std::vector<std::shared_ptr<LoadOp>>& others, std::uint64_t seen) {
+    ModelCacheWait wait;
+    wait.any.reserve(others.size());
+    for (const auto& op : others) wait.any.push_back(op.get());
+    if (begin_load_wait(std::move(wait))) return false;
+    WaitScope scope;
+    wait_for_generation(seen);
+    return true;
+  }
+
   void publish(const std::shared_ptr<LoadOp>& op) noexcept {
     op->finished.store(true, std::memory_order_release);
     {
@@ -965,7 +1026,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     return generation_;
   }
 
-  [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when) const {
+  [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when,
+                                 const char* why_not_wait = "") const {
     const bool primary = e.residency == Residency::primary;
     std::string msg = prefix("get") + describe_cache_key(e.key) + ": " +
                       (primary ? "primary" : "secondary") + " model of " + std::to_string(bytes) +
@@ -979,7 +1041,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
              " bytes of primary/pinned models, " +
              std::to_string(acct_->retired.load(std::memory_order_acquire)) +
              " bytes held by handles after eviction and " + std::to_string(reserved_) +
-             " bytes reserved by loads in progress (models in use are not evicted)";
+             " bytes reserved by loads in progress (models in use are not evicted)" + why_not_wait;
     }
     msg += primary ? "; raise byte_budget or register the model as secondary"
                    : "; raise byte_budget, unpin models, drop handles, or set "
@@ -989,6 +1051,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 
   Handle get_slow(const Key& key) {
     bool counted = false;
+    bool room_wait_is_stuck = false;  // the loads holding room wait for this thread's
     for (;;) {
       Graveyard g(*this);
       std::shared_ptr<Entry> entry;
@@ -1023,17 +1086,23 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
           const bool must_cache =
               e.residency == Residency::primary || options_.oversize == OversizePolicy::throw_error;
           if (hint > options_.byte_budget || !make_room(hint, g)) {
-            if (hint <= options_.byte_budget && reserved_ > model_cache_own_reservations(this)) {
-              // Other threads' loads hold reservations; retry once one of them finishes.
+            if (!room_wait_is_stuck && hint <= options_.byte_budget &&
+                reserved_ > model_cache_own_reservations(this)) {
+              // Other threads' loads hold reservations; retry once one of them finishes. The
+              // wait graph is checked with no lock of the cache held (its lock is a leaf).
+              const auto others = loads_holding_room();
               const std::uint64_t gen = generation();
               lock.unlock();
               g.finish();
-              wait_for_generation(gen);
+              room_wait_is_stuck = !wait_for_room(others, gen);
               continue;
             }
             if (must_cache) {
               ++counters_.load_failures;
-              throw_budget(e, hint, "size hint");
+              throw_budget(e, hint, "size hint",
+                           room_wait_is_stuck ? "; the loads in progress wait for this thread's "
+                                                "own load, so waiting for them would never end"
+                                              : "");
             }
             cache_it = false;
           }
@@ -1315,8 +1384,10 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 ///
 /// `Key` must be copyable, hashable with `Hash` and comparable with ==. `Model` is any type;
 /// handles are `std::shared_ptr<Model>`. `Runtime` is only asked for memory_info() (pressure
-/// eviction). The cache registers itself with gpusafe's reclaim registry: reclaim_all() evicts
-/// unpinned secondary models LRU-first, shutdown() evicts every unpinned model.
+/// eviction). The cache registers itself with gpusafe's reclaim registry: a light reclaim
+/// (safe_cuda_empty_cache(), periodic cleanups) evicts nothing, a heavy one (reclaim_all(),
+/// threshold releases) evicts unpinned secondary models LRU-first, shutdown() evicts every
+/// unpinned model.
 template <class Key, class Model, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
 class ModelCache {
   using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;

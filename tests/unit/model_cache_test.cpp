@@ -1258,6 +1258,56 @@ TEST_F(ModelCacheTest, LoadersOfTwoCachesThatNeedEachOtherFailInsteadOfDeadlocki
   expect_cycle_message(*b);
 }
 
+TEST_F(ModelCacheTest, LoadersWaitingForRoomThatTheOtherHoldsFailInsteadOfDeadlocking) {
+  // Budget 100: the loads of "A" (60) and "B" (30) hold 90; A's loader then needs "C" (50) and
+  // B's loader "D" (50). Each would wait for room that the other's load holds.
+  auto c = std::make_shared<Cache>(budget(100));
+  auto entered = std::make_shared<std::atomic<int>>(0);
+  Cache* raw = c.get();
+  auto add_outer = [&](const std::string& key, std::size_t bytes, const std::string& needs) {
+    c->add(
+        key,
+        [raw, needs, entered, bytes] {
+          ++*entered;
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+          while (entered->load() < 2 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          raw->get(needs);
+          return gs::Loaded<Model>{std::make_shared<Model>(1), bytes};
+        },
+        gs::Residency::secondary, bytes);
+  };
+  add_outer("A", 60, "C");
+  add_outer("B", 30, "D");
+  add(*c, "C", 50, gs::Residency::secondary, 50);
+  add(*c, "D", 50, gs::Residency::secondary, 50);
+  auto outcomes = std::make_shared<std::vector<std::string>>(2);
+  const bool finished = finishes_within(std::chrono::seconds(20), [c, outcomes] {
+    auto get = [c](const std::string& key, std::string& outcome) {
+      try {
+        c->get(key);
+        outcome = "ok";
+      } catch (const gs::BudgetExceeded& e) {
+        outcome = std::string("budget: ") + e.what();
+      } catch (const std::exception& e) {
+        outcome = std::string("other: ") + e.what();
+      }
+    };
+    std::thread ta(get, "A", std::ref((*outcomes)[0]));
+    std::thread tb(get, "B", std::ref((*outcomes)[1]));
+    ta.join();
+    tb.join();
+  });
+  ASSERT_TRUE(finished) << "two loaders waiting for room the other holds deadlocked";
+  // The one that would close the cycle fails at once; its room then lets the other one finish
+  // (or fail, when it was the second to wait and the first one's room is not enough).
+  for (const auto& o : *outcomes) EXPECT_TRUE(o == "ok" || o.rfind("budget: ", 0) == 0) << o;
+  const bool one_says_why = (*outcomes)[0].find("would never end") != std::string::npos ||
+                            (*outcomes)[1].find("would never end") != std::string::npos;
+  EXPECT_TRUE(one_says_why) << (*outcomes)[0] << "\n" << (*outcomes)[1];
+  EXPECT_EQ(c->stats().bytes_reserved, 0u);
+}
+
 TEST_F(ModelCacheTest, ALoaderWaitingForAnotherThreadsLoadIsNoCycle) {
   // A's loader gets B, which another thread is loading (and which needs nothing): it waits.
   auto c = std::make_shared<Cache>();
