@@ -113,7 +113,7 @@ enum class ReclaimLevel {
 };
 
 struct ReclaimRequest {
-  ReclaimLevel level = ReclaimLevel::trim;
+  ReclaimLevel level = ReclaimLevel::heavy;
   /// Stop once this many bytes were released (reclaim_all); a resource may release more.
   std::size_t bytes_goal = std::numeric_limits<std::size_t>::max();
   /// Only resources on this device; -1 = all.

@@ -422,7 +422,7 @@ TEST_F(MemoryManagerTest, ReleasesInOrderOfCostUntilUnderThreshold) {
   EXPECT_EQ(models->last_goal(), 10 * kMiB);  // only what was still missing
   EXPECT_NE(r.released[0].reason.find("90.0% > threshold 50.0%"), std::string::npos)
       << r.released[0].reason;
-  EXPECT_EQ(torch->calls(gs::ReclaimLevel::trim), 0);
+  EXPECT_EQ(torch->calls(gs::ReclaimLevel::heavy), 0);
   EXPECT_EQ(m.stats().threshold_releases, 1u);
 }
 
@@ -465,7 +465,7 @@ TEST_F(MemoryManagerTest, UnderThresholdAsksNobody) {
   EXPECT_TRUE(r.checked);
   EXPECT_FALSE(r.was_over);
   EXPECT_TRUE(r.target_reached);
-  EXPECT_EQ(a->calls(gs::ReclaimLevel::trim), 0);
+  EXPECT_EQ(a->calls(gs::ReclaimLevel::heavy), 0);
   EXPECT_EQ(m.stats().threshold_releases, 0u);
 }
 
@@ -477,7 +477,7 @@ TEST_F(MemoryManagerTest, ThresholdOffChecksNothing) {
   const auto before = FakeRuntime::calls(FakeOp::memory_info);
   const auto r = m.release_if_over_threshold();
   EXPECT_FALSE(r.checked);
-  EXPECT_EQ(a->calls(gs::ReclaimLevel::trim), 0);
+  EXPECT_EQ(a->calls(gs::ReclaimLevel::heavy), 0);
   EXPECT_EQ(FakeRuntime::calls(FakeOp::memory_info), before);
 }
 
