@@ -81,15 +81,20 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     PoolClass& c = classes_[ci];
     if (gpu_ && GPUSAFE_UNLIKELY(process_hazard(options_.device))) check_admission(bytes);
     ThreadCache* tc = find_thread_cache(this);
-    if (GPUSAFE_UNLIKELY(tc == nullptr)) tc = make_thread_cache();
-    Magazine* m = tc ? &tc->magazine(ci) : nullptr;
-    SlotRef r;
-    if (GPUSAFE_LIKELY(m != nullptr) && GPUSAFE_LIKELY(take_cached(c, *m, r)))
-      return make_lease(c, ci, r, bytes, tag, m);
-    if (take_shared(c, r)) return make_lease(c, ci, r, bytes, tag, m);
-    return acquire_slow(c, ci, bytes, tag, mode, deadline, m);
+    if (GPUSAFE_LIKELY(tc != nullptr)) {
+      Magazine& m = tc->magazine(ci);
+      if (GPUSAFE_LIKELY(m.count() != 0) && GPUSAFE_LIKELY(!options_.track_leases)) {
+        const SlotRef r = m.pop();
+        PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
+        if (GPUSAFE_LIKELY(!this->slab_is_stale(s))) {
+          bump(m.acquires);
+          return lease_of(c, ci, s, r.slot, bytes, 0);
+        }
+        // A slot of a slab from before a device reset: never handed out again, just forgotten.
+      }
+    }
+    return acquire_more(tc, c, ci, bytes, tag, mode, deadline);
   }
-
   // ---- release (noexcept) --------------------------------------------------------------------
 
   void release_lease(void* data, std::size_t bytes, LeaseState& st) noexcept override {
@@ -109,7 +114,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
       bump(m.releases);
       if (GPUSAFE_LIKELY(m.capacity != 0)) {
         if (GPUSAFE_UNLIKELY(m.full())) flush(c, m, (m.capacity + 1) / 2);
-        m.push({&s, st.slot});
+        m.push(&s, st.slot);
         return;
       }
       s.bitmap.give(st.slot);
@@ -346,7 +351,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
       if (this->slab_is_stale(s)) continue;
       const std::uint32_t got = take_from(c, s, (m.capacity + 1) / 2, slots);
       if (got == 0) continue;
-      for (std::uint32_t i = 1; i < got; ++i) m.push({&s, slots[i]});
+      for (std::uint32_t i = 1; i < got; ++i) m.push(&s, slots[i]);
       r = {&s, slots[0]};
       return true;
     }
@@ -491,17 +496,38 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
                       "acquire(" + std::to_string(bytes) + " bytes) from " + this->pool_label());
   }
 
-  BufferLease make_lease(PoolClass& c, std::uint32_t ci, SlotRef r, std::size_t bytes, LeaseTag tag,
-                         Magazine* m) {
-    PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
+  /// Past the magazine: refill it, or take from the bitmaps, or the slow path.
+  GPUSAFE_POOL_NOINLINE BufferLease acquire_more(ThreadCache* tc, PoolClass& c, std::uint32_t ci,
+                                                 std::size_t bytes, LeaseTag tag, Mode mode,
+                                                 std::chrono::steady_clock::time_point deadline) {
+    if (tc == nullptr) tc = make_thread_cache();
+    Magazine* m = tc ? &tc->magazine(ci) : nullptr;
+    SlotRef r;
+    if (m != nullptr && take_cached(c, *m, r)) return make_lease(c, ci, r, bytes, tag, m);
+    if (take_shared(c, r)) return make_lease(c, ci, r, bytes, tag, m);
+    return acquire_slow(c, ci, bytes, tag, mode, deadline, m);
+  }
+
+  GPUSAFE_POOL_INLINE BufferLease lease_of(PoolClass& c, std::uint32_t ci, PoolSlab& s,
+                                           std::uint32_t slot, std::size_t bytes,
+                                           std::uint64_t track_id) noexcept {
     LeaseState st;
     st.slab = &s;
     st.cls = ci;
-    st.slot = r.slot;
+    st.slot = slot;
     st.epoch = Slabs::slab_epoch(s);
+    st.track_id = track_id;
+    return BufferLease(this, s.base + static_cast<std::size_t>(slot) * c.stride, bytes, c.bytes, st,
+                       kind_, options_.device, fell_back_, false);
+  }
+
+  BufferLease make_lease(PoolClass& c, std::uint32_t ci, SlotRef r, std::size_t bytes, LeaseTag tag,
+                         Magazine* m) {
+    PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
+    std::uint64_t track_id = 0;
     if (GPUSAFE_UNLIKELY(options_.track_leases)) {
       try {
-        st.track_id = tracker_.track(options_.name, bytes, c.bytes, tag, false);
+        track_id = tracker_.track(options_.name, bytes, c.bytes, tag, false);
       } catch (...) {
         s.bitmap.give(r.slot);
         notify_waiters(c);
@@ -513,8 +539,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     } else {
       c.acquired.fetch_add(1, std::memory_order_seq_cst);
     }
-    return BufferLease(this, s.base + static_cast<std::size_t>(r.slot) * c.stride, bytes, c.bytes,
-                       st, kind_, options_.device, fell_back_, false);
+    return lease_of(c, ci, s, r.slot, bytes, track_id);
   }
 
   BufferLease acquire_slow(PoolClass& c, std::uint32_t ci, std::size_t bytes, LeaseTag tag,

@@ -22,6 +22,14 @@
 
 #include "gpusafe/config.hpp"
 
+#if defined(__GNUC__) || defined(__clang__)
+#define GPUSAFE_POOL_INLINE inline __attribute__((always_inline))
+#define GPUSAFE_POOL_NOINLINE __attribute__((noinline))
+#else
+#define GPUSAFE_POOL_INLINE inline
+#define GPUSAFE_POOL_NOINLINE
+#endif
+
 GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
 
@@ -255,9 +263,10 @@ struct Magazine {
   bool full() const noexcept { return count() >= capacity; }
   // The magazine owns a slot only once `size` covers it, and gives it up before it goes elsewhere:
   // a fork between the two steps loses a slot at worst, never hands one out twice.
-  void push(SlotRef r) noexcept {
+  void push(void* slab, std::uint32_t slot) noexcept {
     const std::uint32_t n = count();
-    slots[n] = r;
+    slots[n].slab = slab;
+    slots[n].slot = slot;
     size.store(n + 1, std::memory_order_relaxed);
   }
   SlotRef pop() noexcept {
@@ -344,10 +353,10 @@ struct ThreadCacheReaper {
   }
 };
 
-/// The cache of `owner` on this thread, or null (none yet, or the thread is ending).
-inline ThreadCache* find_thread_cache(const PoolCacheOwner* owner) noexcept {
+/// Looks beyond the most recently used entry; moves the one found to the front.
+GPUSAFE_POOL_NOINLINE inline ThreadCache* find_thread_cache_slow(
+    const PoolCacheOwner* owner) noexcept {
   ThreadCacheTable& t = thread_cache_table();
-  if (GPUSAFE_LIKELY(t.size != 0 && t.entries[0].owner == owner)) return t.entries[0].cache;
   for (std::uint32_t i = 1; i < t.size; ++i) {
     if (t.entries[i].owner != owner) continue;
     const ThreadCacheTable::Entry e = t.entries[i];
@@ -356,6 +365,13 @@ inline ThreadCache* find_thread_cache(const PoolCacheOwner* owner) noexcept {
     return e.cache;
   }
   return nullptr;
+}
+
+/// The cache of `owner` on this thread, or null (none yet, or the thread is ending).
+GPUSAFE_POOL_INLINE ThreadCache* find_thread_cache(const PoolCacheOwner* owner) noexcept {
+  ThreadCacheTable& t = thread_cache_table();
+  if (GPUSAFE_LIKELY(t.size != 0 && t.entries[0].owner == owner)) return t.entries[0].cache;
+  return find_thread_cache_slow(owner);
 }
 
 /// Adds `cache` (made by `owner`, holding a lifetime unit of it) to this thread's table; drops
