@@ -387,7 +387,8 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     std::size_t capacity = 0, free_now = 0;
     for (std::uint32_t k = 0, n = c.slab_count(); k < n; ++k) {
       PoolSlab& s = *c.slab(k);
-      if (s.retired.load(std::memory_order_relaxed)) continue;
+      if (s.retired.load(std::memory_order_relaxed) || !s.resident.load(std::memory_order_relaxed))
+        continue;
       capacity += s.bitmap.count();
       free_now += s.bitmap.free_count();
     }

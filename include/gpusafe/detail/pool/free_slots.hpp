@@ -251,8 +251,9 @@ inline void bump(std::atomic<std::uint64_t>& counter) noexcept {
 }
 
 /// One thread's free slots of one size class, and its acquire/release counts of that class.
-/// Written by the owning thread only; `size` and the counters are read by stats().
-struct Magazine {
+/// Written by the owning thread only; `size` and the counters are read by stats(). Cache-line
+/// aligned, so that two threads' magazines never share a line.
+struct alignas(kPoolCacheLine) Magazine {
   std::atomic<std::uint32_t> size{0};
   std::uint32_t capacity = 0;  // 0: caching off for the class
   std::atomic<std::uint64_t> acquires{0};

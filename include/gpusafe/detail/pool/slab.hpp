@@ -93,7 +93,7 @@ struct PoolSlab {
   char* base = nullptr;  // aligned start of slot 0
   std::size_t raw_bytes = 0;
   std::atomic<std::uint32_t> epoch{0};  // device epoch when allocated (read on the hot path)
-  bool resident = false;                // guarded by the class mutex
+  std::atomic<bool> resident{false};    // changed under the class mutex, read anywhere
   std::atomic<bool> retired{false};
   SlotBitmap bitmap;
   std::unique_ptr<EventHandle[]> events;  // per slot; null when the slab has no events
