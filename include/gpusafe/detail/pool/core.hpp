@@ -6,9 +6,10 @@
 // unit (the pool and its reclaimable handles share it through a shared_ptr whose deleter drops
 // the unit), one unit per thread cache, and one for each release that runs without a cache of its
 // thread. Acquire and release counts live in the thread caches and are folded into the core's
-// totals when a cache is retired. The thread that brings `life_` to zero deletes the core when no
-// lease is out (folded acquires == folded releases, no overflow buffer live), claiming it by a CAS
-// from 0 to a dead mark so that no concurrent release can revive it.
+// totals when a cache is retired. The holder of the last unit deletes the core when no lease is
+// out (folded acquires == folded releases, no overflow buffer live: exact, since no cache is left),
+// deciding while it still holds its unit and claiming the core by a CAS from 1 to a dead mark, so
+// that a release that holds anew meanwhile makes the claim fail and decides itself later.
 //
 // Thread safety: acquire*, release, stats, trim and the reports may run from any threads at once.
 // Teardown: see gpusafe/buffer_pool.hpp.
@@ -254,14 +255,22 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
   void hold() noexcept { life_.fetch_add(1, std::memory_order_seq_cst); }
 
-  /// Releases one unit; the thread that leaves none deletes the core if no lease is out.
+  /// Releases one unit. The holder of the last unit looks at the counts while it still holds
+  /// it, and either deletes the core (no lease out: the unit becomes the dead mark) or leaves
+  /// zero; a thread that holds anew meanwhile makes the CAS fail, and decides when it drops.
   void drop() noexcept {
-    if (life_.fetch_sub(1, std::memory_order_seq_cst) != 1) return;
-    if (leases_out() || overflow_live_.load(std::memory_order_seq_cst) != 0)
-      return;  // the release of the last lease out will get here again
-    std::int64_t zero = 0;
-    if (!life_.compare_exchange_strong(zero, kDead, std::memory_order_seq_cst)) return;
-    delete this;
+    std::int64_t v = life_.load(std::memory_order_seq_cst);
+    for (;;) {
+      if (v != 1) {
+        if (life_.compare_exchange_weak(v, v - 1, std::memory_order_seq_cst)) return;
+        continue;
+      }
+      const bool idle = !leases_out() && overflow_live_.load(std::memory_order_seq_cst) == 0;
+      if (life_.compare_exchange_weak(v, idle ? kDead : 0, std::memory_order_seq_cst)) {
+        if (idle) delete this;
+        return;  // otherwise the release of the last lease out gets here again
+      }
+    }
   }
 
   // ---- thread caches -------------------------------------------------------------------------
