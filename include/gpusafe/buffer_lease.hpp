@@ -173,6 +173,24 @@ class BufferLease {
         fallback_(fallback),
         overflow_(overflow) {}
 
+  // A pooled slot: the state is written field by field in place (a LeaseState built on the stack
+  // and copied in is slower: the copy reloads it in wide pieces the narrow stores cannot feed).
+  BufferLease(detail::PoolCoreBase* core, void* data, std::size_t size, std::size_t capacity,
+              void* slab, std::uint32_t cls, std::uint32_t slot, std::uint32_t epoch,
+              MemoryKind kind, int device, bool fallback) noexcept
+      : core_(core),
+        data_(data),
+        size_(size),
+        capacity_(capacity),
+        kind_(kind),
+        device_(device),
+        fallback_(fallback) {
+    state_.slab = slab;
+    state_.cls = cls;
+    state_.slot = slot;
+    state_.epoch = epoch;
+  }
+
   void check_as(std::size_t type_size, std::size_t type_align) const {
     if (GPUSAFE_UNLIKELY(!data_ || type_size > size_ ||
                          reinterpret_cast<std::uintptr_t>(data_) % type_align != 0))

@@ -89,7 +89,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
         PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
         if (GPUSAFE_LIKELY(!this->slab_is_stale(s))) {
           bump(m.acquires);
-          return lease_of(c, ci, s, r.slot, bytes, 0);
+          return lease_of(c, ci, s, r.slot, bytes);
         }
         // A slot of a slab from before a device reset: never handed out again, just forgotten.
       }
@@ -519,16 +519,9 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   }
 
   GPUSAFE_POOL_INLINE BufferLease lease_of(PoolClass& c, std::uint32_t ci, PoolSlab& s,
-                                           std::uint32_t slot, std::size_t bytes,
-                                           std::uint64_t track_id) noexcept {
-    LeaseState st;
-    st.slab = &s;
-    st.cls = ci;
-    st.slot = slot;
-    st.epoch = Slabs::slab_epoch(s);
-    st.track_id = track_id;
-    return BufferLease(this, s.base + static_cast<std::size_t>(slot) * c.stride, bytes, c.bytes, st,
-                       kind_, options_.device, fell_back_, false);
+                                           std::uint32_t slot, std::size_t bytes) noexcept {
+    return BufferLease(this, s.base + static_cast<std::size_t>(slot) * c.stride, bytes, c.bytes, &s,
+                       ci, slot, Slabs::slab_epoch(s), kind_, options_.device, fell_back_);
   }
 
   BufferLease make_lease(PoolClass& c, std::uint32_t ci, SlotRef r, std::size_t bytes, LeaseTag tag,
@@ -549,7 +542,9 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     } else {
       c.acquired.fetch_add(1, std::memory_order_seq_cst);
     }
-    return lease_of(c, ci, s, r.slot, bytes, track_id);
+    BufferLease lease = lease_of(c, ci, s, r.slot, bytes);
+    lease.state_.track_id = track_id;
+    return lease;
   }
 
   BufferLease acquire_slow(PoolClass& c, std::uint32_t ci, std::size_t bytes, LeaseTag tag,
