@@ -247,6 +247,10 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   ~PoolCore() {
     withdraw_fork_aware(this);
     this->free_all_slabs();
+    while (ThreadCache* tc = lost_) {
+      lost_ = tc->next;
+      delete tc;
+    }
   }
 
   // ---- lifetime ------------------------------------------------------------------------------
@@ -338,7 +342,8 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
         flush_all(*tc);
         fold_counters(*tc);
         unlink(tc);
-        delete tc;
+        tc->next = lost_;  // freed with the core: no allocator call in a fork handler
+        lost_ = tc;
         life_.fetch_sub(1, std::memory_order_seq_cst);  // the owners still hold the core
       }
       tc = next;
@@ -563,6 +568,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   std::atomic<std::int64_t> life_{1};  // the owners' unit
   mutable std::mutex caches_mutex_;
   ThreadCache* caches_ = nullptr;  // every live cache of this core (caches_mutex_)
+  ThreadCache* lost_ = nullptr;    // caches of threads a forked child does not have
   std::atomic<std::uint64_t> oversize_overflow_{0};
   std::atomic<std::size_t> overflow_live_{0};
   std::atomic<std::size_t> overflow_bytes_live_{0};
