@@ -242,6 +242,17 @@ void BM_BoostLockFreeStack(benchmark::State& state) {
 }
 #endif
 
+/// No allocation at all, only arithmetic private to each thread: how much this machine lets two
+/// threads scale (a VM whose vCPUs are shared with other work scales less than 2x).
+void BM_Baseline_ThreadPrivateWork(benchmark::State& state) {
+  unsigned x = 1;
+  for (auto _ : state) {
+    for (int i = 0; i < 20; ++i) x = x * 1664525u + 1013904223u;
+    benchmark::DoNotOptimize(x);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 // ---- frame loop: a 64 MiB buffer written entirely each frame ---------------------------------
 
 void BM_Frame64MiB_Pool(benchmark::State& state) {
@@ -368,6 +379,7 @@ void BM_Gpu_TorchCachingAllocator(benchmark::State& state) {
 #define GPUSAFE_BENCH_ONE_BUFFER(fn) \
   BENCHMARK(fn)->Arg(kSmall)->Arg(kMedium)->Arg(kLarge)->Threads(1)->Threads(2)->UseRealTime()
 
+BENCHMARK(BM_Baseline_ThreadPrivateWork)->Threads(1)->Threads(2)->UseRealTime();
 GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_Host);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_DefaultRuntime);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Malloc);
