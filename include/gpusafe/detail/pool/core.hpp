@@ -96,6 +96,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     }
     return acquire_more(tc, c, ci, bytes, tag, mode, deadline);
   }
+
   // ---- release (noexcept) --------------------------------------------------------------------
 
   void release_lease(void* data, std::size_t bytes, LeaseState& st) noexcept override {
