@@ -101,6 +101,12 @@ GPUSAFE_HAZARD_SCENARIO(pool_forked_child) {
   std::vector<gs::BufferLease> dev_leases;
   for (int i = 0; i < 8; ++i) dev_leases.push_back(dev->acquire(100));  // the 4 KiB class is full
   auto host_lease = host->acquire(100);
+  // The unwinder sets itself up (pthread_once) at the first throw: done here, so that a fork()
+  // while the busy thread throws its first Timeout cannot leave the child waiting on that once.
+  try {
+    throw gs::Timeout("warm-up");
+  } catch (const gs::Timeout&) {
+  }
   std::atomic<bool> stop{false};
   std::thread busy([&] {
     while (!stop.load()) {

@@ -230,16 +230,19 @@ class PoolSlabs {
       drop_slab_memory(s);
       return;
     }
+    // Forgotten before it is freed: a fork() while this thread is inside the free leaves a child
+    // that sees no memory (and leaks it) rather than one that frees it a second time.
+    void* raw = s.raw;
+    std::unique_ptr<EventHandle[]> events = std::move(s.events);
+    forget_memory(s);
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);
-    if (s.events) {
-      for (std::size_t k = 0; k < s.bitmap.count(); ++k) (void)Runtime::event_destroy(s.events[k]);
-      s.events.reset();
+    if (events) {
+      for (std::size_t k = 0; k < s.bitmap.count(); ++k) (void)Runtime::event_destroy(events[k]);
     }
-    const Status st = raw_deallocate(s.raw);
+    const Status st = raw_deallocate(raw);
     if (!st.ok() && st.error_class() != ErrorClass::benign_at_shutdown && free_failed_.first())
       log_lazy(LogLevel::warning,
                [&] { return pool_label() + ": freeing a slab failed: " + st.describe(); });
-    forget_memory(s);
   }
 
   /// Forgets a slab's memory without any runtime call (exit, fork, reset, poison).
