@@ -433,11 +433,11 @@ TEST_F(BufferPoolTest, AcquireForWakesUpOnRelease) {
   FakePool pool(device_options({{4096, 1}}));
   auto held = pool.acquire(1);
   void* p = held.data();
+  const auto t0 = std::chrono::steady_clock::now();  // before the releaser can start its sleep
   std::thread releaser([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     held.release();
   });
-  const auto t0 = std::chrono::steady_clock::now();
   auto got = pool.acquire_for(1, std::chrono::seconds(10));
   const auto waited = std::chrono::steady_clock::now() - t0;
   releaser.join();
