@@ -1,9 +1,12 @@
-// Benchmarks of gpusafe::BufferPool against what a user would pick instead: malloc/free,
-// std::pmr::synchronized_pool_resource and a mutex-protected free list (host), and on a GPU
-// cudaMalloc/cudaFree, cudaMallocAsync/cudaFreeAsync, CUB's CachingDeviceAllocator and LibTorch's
-// caching allocator. Every host peer touches the first and the last byte of each buffer.
+// Benchmarks of gpusafe::BufferPool against what a user would pick instead: malloc/free, mimalloc,
+// TBB's scalable allocator, std::pmr::synchronized_pool_resource, a mutex-protected free list and
+// a Boost lock-free stack of preallocated buffers (host), and on a GPU cudaMalloc/cudaFree,
+// cudaMallocAsync/cudaFreeAsync, CUB's CachingDeviceAllocator and LibTorch's caching allocator.
+// Every host peer touches the first and the last byte of each buffer. mimalloc is loaded with
+// dlopen (RTLD_LOCAL), so that it does not replace malloc for the other rows; its, TBB's and
+// Boost's rows are compiled only when CMake found them.
 //
-// Run: gpusafe_buffer_pool_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+// Run: gpusafe_buffer_pool_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
@@ -14,6 +17,16 @@
 #include <vector>
 
 #include "gpusafe/buffer_pool.hpp"
+
+#if defined(GPUSAFE_BENCH_MIMALLOC_PATH)
+#include <dlfcn.h>
+#endif
+#if defined(GPUSAFE_BENCH_HAS_TBB)
+#include <tbb/scalable_allocator.h>
+#endif
+#if defined(GPUSAFE_BENCH_HAS_BOOST_LOCKFREE)
+#include <boost/lockfree/stack.hpp>
+#endif
 
 #if GPUSAFE_WITH_CUDA && defined(__has_include)
 #if __has_include(<cub/util_allocator.cuh>)
@@ -35,10 +48,11 @@ namespace {
 
 constexpr std::size_t kFrameBytes = std::size_t{64} << 20;
 constexpr std::size_t kSmall = 4096;
+constexpr std::size_t kMedium = std::size_t{64} << 10;
 constexpr std::size_t kLarge = std::size_t{1} << 20;
-// Enough buffers that two threads never exhaust a class; the small class spans several bitmap
-// words, so the per-thread start hint spreads the threads.
+// Enough buffers that two threads never exhaust a class (each thread caches at most an eighth).
 constexpr std::size_t kSmallCount = 256;
+constexpr std::size_t kMediumCount = 64;
 constexpr std::size_t kLargeCount = 16;
 
 inline void touch(void* p, std::size_t bytes) {
@@ -51,7 +65,7 @@ gs::BufferPoolOptions bench_options(gs::MemoryKind kind, const char* name) {
   gs::BufferPoolOptions o;
   o.kind = kind;
   o.name = name;
-  o.classes = {{kSmall, kSmallCount}, {kLarge, kLargeCount}};
+  o.classes = {{kSmall, kSmallCount}, {kMedium, kMediumCount}, {kLarge, kLargeCount}};
   return o;
 }
 
@@ -117,6 +131,39 @@ void BM_Malloc(benchmark::State& state) {
       [](void* p, std::size_t) { std::free(p); });
 }
 
+#if defined(GPUSAFE_BENCH_MIMALLOC_PATH)
+/// mimalloc's mi_malloc/mi_free from a privately loaded copy (null when it cannot be loaded).
+struct Mimalloc {
+  void* (*allocate)(std::size_t) = nullptr;
+  void (*free)(void*) = nullptr;
+  Mimalloc() {
+    void* lib = ::dlopen(GPUSAFE_BENCH_MIMALLOC_PATH, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return;
+    allocate = reinterpret_cast<void* (*)(std::size_t)>(::dlsym(lib, "mi_malloc"));
+    free = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "mi_free"));
+  }
+};
+
+void BM_Mimalloc(benchmark::State& state) {
+  static const Mimalloc mi;
+  if (!mi.allocate || !mi.free) {
+    state.SkipWithError("could not load " GPUSAFE_BENCH_MIMALLOC_PATH);
+    return;
+  }
+  buffers_of<true>(
+      state, "mi_malloc failed", [](std::size_t bytes) { return mi.allocate(bytes); },
+      [](void* p, std::size_t) { mi.free(p); });
+}
+#endif
+
+#if defined(GPUSAFE_BENCH_HAS_TBB)
+void BM_TbbScalableMalloc(benchmark::State& state) {
+  buffers_of<true>(
+      state, "scalable_malloc failed", [](std::size_t bytes) { return scalable_malloc(bytes); },
+      [](void* p, std::size_t) { scalable_free(p); });
+}
+#endif
+
 std::pmr::synchronized_pool_resource& pmr_pool() {
   static std::pmr::synchronized_pool_resource pool(std::pmr::pool_options{kSmallCount, kLarge});
   return pool;
@@ -153,14 +200,57 @@ class MutexFreeList {
   std::vector<void*> free_;
 };
 
+/// The free list for buffers of `bytes` (one per benchmarked size, made on first use).
+template <class List>
+List& list_for(std::size_t bytes) {
+  static List small(kSmall, kSmallCount);
+  static List medium(kMedium, kMediumCount);
+  static List large(kLarge, kLargeCount);
+  return bytes <= kSmall ? small : bytes <= kMedium ? medium : large;
+}
+
 void BM_MutexFreeList(benchmark::State& state) {
-  const auto bytes = static_cast<std::size_t>(state.range(0));
-  static MutexFreeList small(kSmall, kSmallCount);
-  static MutexFreeList large(kLarge, kLargeCount);
-  MutexFreeList& list = bytes <= kSmall ? small : large;
+  auto& list = list_for<MutexFreeList>(static_cast<std::size_t>(state.range(0)));
   buffers_of<true>(
       state, "the free list is empty", [&](std::size_t) { return list.acquire(); },
       [&](void* p, std::size_t) { list.release(p); });
+}
+
+#if defined(GPUSAFE_BENCH_HAS_BOOST_LOCKFREE)
+/// Preallocated buffers on a Boost lock-free stack (a Treiber stack with tagged pointers).
+class BoostLockFreeList {
+ public:
+  BoostLockFreeList(std::size_t bytes, std::size_t count) : storage_(bytes * count), free_(count) {
+    for (std::size_t i = 0; i < count; ++i) free_.push(storage_.data() + i * bytes);
+  }
+  void* acquire() {
+    void* p = nullptr;
+    return free_.pop(p) ? p : nullptr;
+  }
+  void release(void* p) { free_.push(p); }
+
+ private:
+  std::vector<unsigned char> storage_;
+  boost::lockfree::stack<void*> free_;
+};
+
+void BM_BoostLockFreeStack(benchmark::State& state) {
+  auto& list = list_for<BoostLockFreeList>(static_cast<std::size_t>(state.range(0)));
+  buffers_of<true>(
+      state, "the stack is empty", [&](std::size_t) { return list.acquire(); },
+      [&](void* p, std::size_t) { list.release(p); });
+}
+#endif
+
+/// No allocation at all, only arithmetic private to each thread: how much this machine lets two
+/// threads scale (a VM whose vCPUs are shared with other work scales less than 2x).
+void BM_Baseline_ThreadPrivateWork(benchmark::State& state) {
+  unsigned x = 1;
+  for (auto _ : state) {
+    for (int i = 0; i < 20; ++i) x = x * 1664525u + 1013904223u;
+    benchmark::DoNotOptimize(x);
+  }
+  state.SetItemsProcessed(state.iterations());
 }
 
 // ---- frame loop: a 64 MiB buffer written entirely each frame ---------------------------------
@@ -203,6 +293,29 @@ void BM_Gpu_Pool(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   leases_of<false>(state, default_pool());
 }
+
+#if GPUSAFE_WITH_CUDA
+/// The pool as a stream-ordered allocator: each release records an event on the stream (as
+/// cudaFreeAsync and LibTorch's record_stream do), and the slot is reused once it completed.
+void BM_Gpu_Pool_RecordStream(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreate(&stream) != cudaSuccess) {
+    state.SkipWithError("cudaStreamCreate failed");
+    return;
+  }
+  auto& pool = default_pool();
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    gs::BufferLease lease = pool.acquire(bytes);
+    lease.record_stream(stream);
+    benchmark::DoNotOptimize(lease.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+  cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+}
+#endif
 
 #if GPUSAFE_WITH_CUDA
 void BM_Gpu_CudaMalloc(benchmark::State& state) {
@@ -264,17 +377,28 @@ void BM_Gpu_TorchCachingAllocator(benchmark::State& state) {
 #endif
 
 #define GPUSAFE_BENCH_ONE_BUFFER(fn) \
-  BENCHMARK(fn)->Arg(kSmall)->Arg(kLarge)->Threads(1)->Threads(2)->UseRealTime()
+  BENCHMARK(fn)->Arg(kSmall)->Arg(kMedium)->Arg(kLarge)->Threads(1)->Threads(2)->UseRealTime()
 
+BENCHMARK(BM_Baseline_ThreadPrivateWork)->Threads(1)->Threads(2)->UseRealTime();
 GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_Host);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Pool_DefaultRuntime);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Malloc);
+#if defined(GPUSAFE_BENCH_MIMALLOC_PATH)
+GPUSAFE_BENCH_ONE_BUFFER(BM_Mimalloc);
+#endif
+#if defined(GPUSAFE_BENCH_HAS_TBB)
+GPUSAFE_BENCH_ONE_BUFFER(BM_TbbScalableMalloc);
+#endif
 GPUSAFE_BENCH_ONE_BUFFER(BM_PmrSynchronizedPool);
 GPUSAFE_BENCH_ONE_BUFFER(BM_MutexFreeList);
+#if defined(GPUSAFE_BENCH_HAS_BOOST_LOCKFREE)
+GPUSAFE_BENCH_ONE_BUFFER(BM_BoostLockFreeStack);
+#endif
 BENCHMARK(BM_Frame64MiB_Pool)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_Frame64MiB_Malloc)->Unit(benchmark::kMicrosecond)->UseRealTime();
 GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_Pool);
 #if GPUSAFE_WITH_CUDA
+GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_Pool_RecordStream);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_CudaMalloc);
 GPUSAFE_BENCH_ONE_BUFFER(BM_Gpu_CudaMallocAsync);
 #endif

@@ -9,6 +9,7 @@
 #ifndef GPUSAFE_GPUSAFE_HPP
 #define GPUSAFE_GPUSAFE_HPP
 
+#include "gpusafe/buffer_lease.hpp"
 #include "gpusafe/buffer_pool.hpp"
 #include "gpusafe/config.hpp"
 #include "gpusafe/error.hpp"

@@ -85,7 +85,7 @@
 #include <utility>
 #include <vector>
 
-#include "gpusafe/buffer_pool.hpp"
+#include "gpusafe/buffer_lease.hpp"
 #include "gpusafe/error.hpp"
 #include "gpusafe/guards.hpp"
 #include "gpusafe/lifecycle.hpp"

@@ -1,8 +1,10 @@
 // Stress test of gpusafe/buffer_pool.hpp: several threads acquire and release at full speed; every
 // buffer carries an owner flag, so a buffer handed out twice is caught; the stats must add up.
+// Threads also start and exit while their caches hold buffers, and classes grow and shrink.
 // GPUSAFE_STRESS_SCALE (default 1.0; 0.1 under TSan) scales the work.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -72,16 +74,23 @@ Owners map_buffers(Pool& pool, std::size_t per_class) {
   return o;
 }
 
+/// `threads` workers at a time, `rounds` times over: each round's threads start, work and exit
+/// (with their caches full of buffers) while the next round's start.
 template <class Runtime>
-void run_owner_flag_stress(gs::MemoryKind kind, int threads, std::size_t per_class) {
+void run_owner_flag_stress(gs::MemoryKind kind, int threads, std::size_t per_class,
+                           int rounds = 1) {
   auto pool = make_pool<Runtime>(kind, per_class);
   Owners owners = map_buffers(pool, per_class);
   ASSERT_EQ(owners.index.size(), per_class * 3) << "every buffer distinct";
   const auto before = pool.stats();
-  const std::uint64_t ops = scaled(1'000'000) / static_cast<std::uint64_t>(threads);
+  const std::uint64_t ops =
+      scaled(1'000'000) / static_cast<std::uint64_t>(threads) / static_cast<std::uint64_t>(rounds);
   std::atomic<std::uint64_t> got{0}, refused{0}, double_handouts{0}, foreign{0};
   std::vector<std::thread> workers;
-  for (int t = 0; t < threads; ++t) {
+  for (int w = 0; w < threads * rounds; ++w) {
+    // Keep at most `threads` running: a new one starts as the oldest exits.
+    if (w >= threads) workers[static_cast<std::size_t>(w - threads)].join();
+    const int t = w % threads;
     workers.emplace_back([&, t] {
       Rng rng{0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(t + 1)};
       std::vector<gs::BufferLease> held;
@@ -121,7 +130,11 @@ void run_owner_flag_stress(gs::MemoryKind kind, int threads, std::size_t per_cla
       refused.fetch_add(my_refused);
     });
   }
-  for (auto& w : workers) w.join();
+  for (std::size_t w = workers.size() > static_cast<std::size_t>(threads)
+                           ? workers.size() - static_cast<std::size_t>(threads)
+                           : 0;
+       w < workers.size(); ++w)
+    workers[w].join();
   EXPECT_EQ(double_handouts.load(), 0u) << "a buffer was handed out twice";
   EXPECT_EQ(foreign.load(), 0u) << "a buffer outside the slabs was handed out";
   const auto st = pool.stats();
@@ -147,6 +160,87 @@ TEST(BufferPoolStress, OwnerFlagsManyWordsFakeDevice) {
     SCOPED_TRACE(threads);
     run_owner_flag_stress<FakeRuntime>(gs::MemoryKind::device, threads, 200);
   }
+}
+
+TEST(BufferPoolStress, OwnerFlagsWithThreadsExitingWhileTheyCacheBuffers) {
+  // 64 buffers per class: each thread caches up to 8 per class.
+  for (int threads : {2, 4, 8}) {
+    SCOPED_TRACE(threads);
+    run_owner_flag_stress<gs::HostRuntime>(gs::MemoryKind::host, threads, 64, 6);
+  }
+  FakeRuntime::reset();
+  run_owner_flag_stress<FakeRuntime>(gs::MemoryKind::device, 4, 64, 6);
+}
+
+TEST(BufferPoolStress, GrowAndTrimRaceWithAcquires) {
+  FakeRuntime::reset();
+  gs::BufferPoolOptions o;
+  o.kind = gs::MemoryKind::device;
+  o.name = "grow-stress";
+  std::size_t first = 0;
+  for (std::size_t b : kSizes) {
+    o.classes.push_back({b, 8});
+    first += b * 8;
+  }
+  o.overflow = gs::OverflowPolicy::grow;
+  o.max_bytes = first * 4;  // each class may double twice
+  gs::BasicBufferPool<FakeRuntime> pool(o);
+  const int threads = 4;
+  const std::uint64_t ops = scaled(400'000) / threads;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> corrupted{0}, got{0}, refused{0};
+  std::size_t most_slabs = 0;
+  std::thread trimmer([&] {
+    while (!stop.load()) {
+      (void)pool.trim();
+      const auto st = pool.stats();
+      if (st.totals.bytes_reserved > o.max_bytes) corrupted.fetch_add(1);
+      most_slabs = std::max(most_slabs, st.totals.slabs);
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      Rng rng{0x7f4a7c15ull * static_cast<std::uint64_t>(t + 3)};
+      const std::uint64_t mark = 0x5A5A000000000000ull | static_cast<std::uint64_t>(t);
+      std::vector<gs::BufferLease> held;
+      for (std::uint64_t i = 0; i < ops; ++i) {
+        const std::uint64_t r = rng.next();
+        // Hold up to 12 buffers: 4 threads outgrow the first slabs, then let them go idle.
+        if (held.size() < ((i / 5000) % 2 ? 12u : 2u)) {
+          gs::BufferLease l = pool.try_acquire(kSizes[r % 3]);
+          if (!l) {
+            refused.fetch_add(1, std::memory_order_relaxed);
+            continue;
+          }
+          got.fetch_add(1, std::memory_order_relaxed);
+          std::memcpy(l.data(), &mark, sizeof mark);
+          held.push_back(std::move(l));
+        } else {
+          const std::size_t k = (r >> 8) % held.size();
+          std::uint64_t seen = 0;
+          std::memcpy(&seen, held[k].data(), sizeof seen);
+          if (seen != mark) corrupted.fetch_add(1);
+          held[k] = std::move(held.back());
+          held.pop_back();
+        }
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  stop.store(true);
+  trimmer.join();
+  EXPECT_EQ(corrupted.load(), 0u) << "two owners wrote the same buffer, or max_bytes was passed";
+  EXPECT_GT(most_slabs, 3u) << "the classes grew";
+  const auto st = pool.stats();
+  EXPECT_EQ(st.totals.in_use, 0u);
+  EXPECT_EQ(st.totals.acquires, got.load());
+  for (const auto& c : st.classes)  // a trimmed first slab counts in the capacity, not available
+    EXPECT_EQ(c.available + (c.resident ? 0u : 8u), c.capacity);
+  EXPECT_GT(got.load(), 0u);
+  pool.trim();
+  EXPECT_EQ(FakeRuntime::invalid_frees(), 0u);
 }
 
 TEST(BufferPoolStress, TrimAndStatsRaceWithAcquires) {

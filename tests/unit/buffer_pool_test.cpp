@@ -433,11 +433,11 @@ TEST_F(BufferPoolTest, AcquireForWakesUpOnRelease) {
   FakePool pool(device_options({{4096, 1}}));
   auto held = pool.acquire(1);
   void* p = held.data();
+  const auto t0 = std::chrono::steady_clock::now();  // before the releaser can start its sleep
   std::thread releaser([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     held.release();
   });
-  const auto t0 = std::chrono::steady_clock::now();
   auto got = pool.acquire_for(1, std::chrono::seconds(10));
   const auto waited = std::chrono::steady_clock::now() - t0;
   releaser.join();
@@ -807,6 +807,181 @@ TEST_F(BufferPoolTest, DeviceResetsRacingWithStreamReleasesAreSafe) {
   user.join();
   pool.reset();
   FakeRuntime::destroy_stream(stream);
+}
+
+// ---- growth --------------------------------------------------------------------------------
+
+gs::BufferPoolOptions grow_options(std::size_t max_bytes) {
+  auto o = device_options({{4096, 2}, {65536, 1}}, "grower");
+  o.overflow = gs::OverflowPolicy::grow;
+  o.max_bytes = max_bytes;
+  return o;
+}
+
+TEST_F(BufferPoolTest, GrowDoublesAClassUpToMaxBytesAndTrimGivesWholeSlabsBack) {
+  // First slabs: 2 * 4096 + 65536; room for the 4 KiB class to double twice (2 -> 4 -> 8).
+  FakePool pool(grow_options(65536 + 8 * 4096));
+  const auto allocs = FakeRuntime::calls(FakeOp::allocate);
+  std::vector<gs::BufferLease> held;
+  std::set<void*> seen;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(pool.acquire(100));
+    EXPECT_TRUE(seen.insert(held.back().data()).second) << "buffer handed out twice";
+  }
+  EXPECT_EQ(FakeRuntime::calls(FakeOp::allocate), allocs + 2)
+      << "one slab per growth, not per lease";
+  auto st = pool.stats();
+  EXPECT_EQ(st.classes[0].capacity, 8u);
+  EXPECT_EQ(st.classes[0].slabs, 3u);
+  EXPECT_EQ(st.classes[0].in_use, 8u);
+  EXPECT_EQ(st.classes[0].bytes_reserved, 8u * 4096u);
+  expect_throw_with<gs::PoolExhausted>([&] { pool.acquire(100); },
+                                       {"8/8 buffers leased", "max_bytes 98304"});
+  EXPECT_FALSE(pool.try_acquire(100));
+  held.resize(2);  // the grown slabs are idle again (the first two leases came from the first)
+  EXPECT_EQ(pool.trim(), 6u * 4096u + 65536u) << "whole idle slabs, and the idle 64 KiB class";
+  st = pool.stats();
+  EXPECT_EQ(st.classes[0].capacity, 2u);
+  EXPECT_EQ(st.classes[0].slabs, 1u);
+  EXPECT_EQ(FakeRuntime::live_allocations(), baseline_ + 1);
+  held.push_back(pool.acquire(100));  // grows again
+  EXPECT_EQ(pool.stats().classes[0].capacity, 4u);
+  held.clear();
+  EXPECT_EQ(pool.stats().classes[0].in_use, 0u);
+}
+
+TEST_F(BufferPoolTest, GrowNeedsAMaxBytesThatCoversTheFirstSlabs) {
+  auto bad = [&](gs::BufferPoolOptions o, std::vector<std::string> fragments) {
+    const auto calls = FakeRuntime::calls(FakeOp::allocate);
+    expect_throw_with<gs::InvalidArgument>([&] { FakePool p(o); }, fragments);
+    EXPECT_EQ(FakeRuntime::calls(FakeOp::allocate), calls);
+  };
+  bad(grow_options(0), {"'grower'", "OverflowPolicy::grow with max_bytes 0", "set "});
+  bad(grow_options(65536),
+      {"max_bytes 65536", "smaller than the first slab", "73728", "raise max_bytes"});
+  auto fixed = device_options({{4096, 2}});
+  fixed.max_bytes = 100;
+  bad(fixed, {"max_bytes 100", "8192"});
+}
+
+// ---- per-thread caches ---------------------------------------------------------------------
+
+TEST_F(BufferPoolTest, ThreadCachesCountAsAvailableAndReturnWhenTheThreadExits) {
+  FakePool pool(device_options({{4096, 64}}));
+  std::atomic<int> phase{0};
+  std::thread worker([&] {
+    std::vector<gs::BufferLease> held;
+    for (int i = 0; i < 8; ++i) held.push_back(pool.acquire(1));
+    held.clear();  // into this thread's magazine
+    phase.store(1);
+    while (phase.load() != 2) std::this_thread::yield();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  auto st = pool.stats();
+  EXPECT_EQ(st.classes[0].in_use, 0u);
+  EXPECT_EQ(st.classes[0].acquires, 8u);
+  EXPECT_GT(st.classes[0].cached, 0u);
+  EXPECT_EQ(st.classes[0].available, 64u) << "cached buffers count as available";
+  EXPECT_EQ(pool.trim(), 0u) << "another thread caches buffers of the slab";
+  phase.store(2);
+  worker.join();
+  st = pool.stats();
+  EXPECT_EQ(st.classes[0].cached, 0u) << "the thread's exit gave them back";
+  EXPECT_EQ(st.classes[0].acquires, 8u);
+  std::vector<gs::BufferLease> all;
+  for (int i = 0; i < 64; ++i) all.push_back(pool.acquire(1));
+  EXPECT_FALSE(pool.try_acquire(1));
+  all.clear();
+  EXPECT_EQ(pool.trim(), 64u * 4096u) << "trim takes back the calling thread's cache";
+}
+
+TEST_F(BufferPoolTest, LeasesReleasedOnOtherThreadsAreCountedOnce) {
+  FakePool pool(device_options({{4096, 64}}));
+  std::vector<gs::BufferLease> leases;
+  for (int i = 0; i < 20; ++i) leases.push_back(pool.acquire(1));
+  std::thread([&] { leases.clear(); }).join();
+  const auto st = pool.stats();
+  EXPECT_EQ(st.classes[0].acquires, 20u);
+  EXPECT_EQ(st.classes[0].in_use, 0u);
+  EXPECT_EQ(st.classes[0].available, 64u);
+}
+
+TEST_F(BufferPoolTest, ThreadCacheOffKeepsEveryFreeBufferShared) {
+  auto o = device_options({{4096, 64}});
+  o.thread_cache = 0;
+  FakePool pool(o);
+  std::thread([&] {
+    for (int i = 0; i < 10; ++i) pool.acquire(1).release();
+    EXPECT_EQ(pool.stats().classes[0].cached, 0u);
+  }).join();
+}
+
+TEST_F(BufferPoolTest, CachedBuffersOfAResetDeviceAreNeverHandedOutAgain) {
+  FakePool pool(device_options({{4096, 64}}));
+  std::set<void*> old;
+  {
+    std::vector<gs::BufferLease> held;
+    for (int i = 0; i < 8; ++i) {
+      held.push_back(pool.acquire(1));
+      old.insert(held.back().data());
+    }
+  }
+  ASSERT_GT(pool.stats().classes[0].cached, 0u);
+  const auto frees = FakeRuntime::calls(FakeOp::deallocate);
+  gs::notify_device_reset(0);
+  std::vector<gs::BufferLease> fresh;
+  for (int i = 0; i < 64; ++i) {
+    fresh.push_back(pool.acquire(1));
+    EXPECT_EQ(old.count(fresh.back().data()), 0u) << "a cached buffer of the old epoch";
+  }
+  EXPECT_FALSE(pool.try_acquire(1));
+  EXPECT_EQ(FakeRuntime::calls(FakeOp::deallocate), frees) << "the old slab is dropped, not freed";
+}
+
+TEST_F(BufferPoolTest, StreamReleasesBypassTheThreadCache) {
+  FakePool pool(device_options({{4096, 64}}));
+  auto stream = FakeRuntime::create_stream();
+  void* busy = nullptr;
+  std::size_t cached = 0;
+  {
+    auto lease = pool.acquire(1);  // the refill keeps a few more in this thread's cache
+    busy = lease.data();
+    cached = pool.stats().classes[0].cached;
+    FakeRuntime::enqueue_work(stream);
+    lease.record_stream(stream);
+  }
+  EXPECT_EQ(pool.stats().classes[0].cached, cached) << "a stream release goes to the bitmap";
+  std::vector<gs::BufferLease> held;
+  for (int i = 0; i < 63; ++i) {
+    held.push_back(pool.acquire(1));
+    EXPECT_NE(held.back().data(), busy) << "reused before its stream work finished";
+  }
+  EXPECT_FALSE(pool.try_acquire(1));
+  FakeRuntime::complete_stream(stream);
+  EXPECT_EQ(pool.acquire(1).data(), busy);
+  held.clear();
+  pool.trim();
+  FakeRuntime::destroy_stream(stream);
+}
+
+TEST_F(BufferPoolTest, PoolDyingWhileAnotherThreadCachesFreesEverythingWhenItExits) {
+  std::atomic<int> phase{0};
+  auto pool = std::make_unique<FakePool>(device_options({{4096, 64}}));
+  gs::BufferLease kept;
+  std::thread worker([&] {
+    for (int i = 0; i < 4; ++i) pool->acquire(1).release();  // cached here
+    kept = pool->acquire(1);
+    phase.store(1);
+    while (phase.load() != 2) std::this_thread::yield();
+    kept.release();  // after the pool died: returns to the orphaned core
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  pool.reset();
+  EXPECT_EQ(FakeRuntime::live_allocations(), baseline_ + 1) << "held by the lease and the cache";
+  phase.store(2);
+  worker.join();
+  EXPECT_EQ(FakeRuntime::live_allocations(), baseline_);
+  EXPECT_EQ(FakeRuntime::invalid_frees(), 0u);
 }
 
 // ---- DefaultRuntime: on a machine without a GPU it serves host memory and says so ----------
