@@ -269,8 +269,8 @@ class CleanupRuntimeScope {
 ///   };
 ///
 /// (or partially, with `Enable` as a std::enable_if_t condition). release() must not throw and,
-/// when detail::cleanup_runtime_is_gone() (the process is exiting or is a forked child), must not call
-/// the GPU runtime: leak the object instead (see leak_for_teardown()). The primary template
+/// when detail::cleanup_runtime_is_gone() (the process is exiting or is a forked child), must not
+/// call the GPU runtime: leak the object instead (see leak_for_teardown()). The primary template
 /// handles std::unique_ptr, std::shared_ptr, std::optional, containers of supported types
 /// (sequences, std::array, maps by their values) and any type with a reset() member.
 template <class T, class Enable = void>
@@ -507,7 +507,6 @@ template <class T, class Enable>
 struct CleanupTraits {
   static bool release(T& x) noexcept { return detail::generic_release(x); }
 };
-
 
 /// safe_tensor_cleanup for resources whose memory belongs to `Runtime` (a test double, or a
 /// runtime of your own); safe_tensor_cleanup(xs...) is basic_safe_tensor_cleanup<DefaultRuntime>.

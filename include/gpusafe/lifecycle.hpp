@@ -160,7 +160,6 @@ class LeakReporter {
   virtual std::vector<LeakRecord> leak_records() const = 0;
 };
 
-
 /// An object whose locks a forked child must never inherit held (rule 5). Around fork() the
 /// forking thread takes each object's data locks (lock_for_fork: leaf locks only, so this cannot
 /// deadlock) and releases them in the parent; in the child every lock is built anew, since a

@@ -546,8 +546,7 @@ inline bool runtime_is_gone() noexcept {
 template <class Runtime>
 class BasicRuntimeCallGate {
  public:
-  BasicRuntimeCallGate() noexcept
-      : admitted_((arm_exit_flag<Runtime>(), enter_runtime_call())) {}
+  BasicRuntimeCallGate() noexcept : admitted_((arm_exit_flag<Runtime>(), enter_runtime_call())) {}
   ~BasicRuntimeCallGate() {
     if (admitted_) leave_runtime_call();
   }

@@ -1016,3 +1016,80 @@ TEST(BufferPoolDefaultRuntime, HostPoolWorksEverywhere) {
 }
 
 }  // namespace
+
+// ---- reclaim levels, devices, release-path failures ---------------------------------------------
+
+TEST_F(BufferPoolTest, LightReclaimGivesBackGrownSlabsAndKeepsThePreallocatedOnes) {
+  FakePool pool(grow_options(65536 + 8 * 4096));
+  {
+    std::vector<gs::BufferLease> held;
+    for (int i = 0; i < 8; ++i) held.push_back(pool.acquire(100));  // grows twice
+  }
+  EXPECT_EQ(pool.stats().classes[0].slabs, 3u);
+  gs::ReclaimRequest light;
+  light.level = gs::ReclaimLevel::light;
+  EXPECT_EQ(pool.reclaimable()->reclaim(light), 6u * 4096u) << "the two grown slabs only";
+  auto st = pool.stats();
+  EXPECT_EQ(st.classes[0].slabs, 1u);
+  EXPECT_EQ(st.classes[0].capacity, 2u);
+  EXPECT_EQ(st.classes[1].slabs, 1u) << "a preallocated slab stays at the light level";
+  gs::ReclaimRequest heavy;
+  heavy.level = gs::ReclaimLevel::heavy;
+  EXPECT_EQ(pool.reclaimable()->reclaim(heavy), 2u * 4096u + 65536u) << "idle first slabs too";
+  EXPECT_TRUE(pool.acquire(100)) << "and the next acquire allocates again";
+}
+
+TEST_F(BufferPoolTest, NullStreamReleaseOfAnotherDevicesLeaseRecordsOnThatDevice) {
+  // A lease of device 1 released on the null stream by a thread whose current device is 0: the
+  // event must be recorded on device 1 (CUDA refuses an event of device 1 on device 0's stream),
+  // or the slot would never come back.
+  auto options = device_options({{4096, 1}});
+  options.device = 1;
+  FakePool pool(options);
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  FakeRuntime::enqueue_work(nullptr);  // a kernel on device 1's null stream uses the buffer
+  ASSERT_TRUE(FakeRuntime::set_device(0).ok());
+  {
+    auto lease = pool.acquire(100);
+    lease.record_stream(nullptr);
+  }
+  int current = -1;
+  ASSERT_TRUE(FakeRuntime::get_device(current).ok());
+  EXPECT_EQ(current, 0) << "the caller's device is restored";
+  EXPECT_FALSE(pool.try_acquire(100)) << "reused before device 1's null stream finished";
+  ASSERT_TRUE(FakeRuntime::set_device(1).ok());
+  FakeRuntime::complete_stream(nullptr);
+  ASSERT_TRUE(FakeRuntime::set_device(0).ok());
+  EXPECT_TRUE(pool.try_acquire(100)) << "the slot came back once the stream finished";
+}
+
+TEST_F(BufferPoolTest, DeviceIndexOutOfRangeIsATypedErrorNamingTheValidRange) {
+  auto options = device_options({{4096, 2}});
+  options.device = 5;
+  expect_throw_with<gs::InvalidArgument>(
+      [&] { FakePool pool(options); },
+      {"device 5", "2 GPU(s)", "0..1", "BufferPoolOptions::device"});
+  options.device = -1;
+  expect_throw_with<gs::InvalidArgument>([&] { FakePool pool(options); },
+                                         {"device -1", "negative"});
+  expect_throw_with<gs::InvalidArgument>(
+      [&] { gs::BasicBufferPool<gs::HostRuntime> pool(options); }, {"device -1", "negative"});
+  EXPECT_EQ(FakeRuntime::live_allocations(), baseline_) << "nothing allocated";
+}
+
+TEST_F(BufferPoolTest, FailingEventDestroyIsLoggedOncePerPool) {
+  std::vector<std::string> logged;
+  auto previous =
+      gs::set_log_sink([&](gs::LogLevel, std::string_view m) { logged.emplace_back(m); });
+  {
+    FakePool pool(device_options({{4096, 4}, {8192, 4}}));
+    FakeRuntime::fail_call(FakeOp::event_destroy, 999, 0, -1);
+    EXPECT_GT(pool.trim(), 0u);
+  }
+  FakeRuntime::clear_faults();
+  gs::set_log_sink(previous);
+  std::size_t lines = 0;
+  for (const auto& m : logged)
+    if (m.find("destroying a stream event failed") != std::string::npos) ++lines;
+  EXPECT_EQ(lines, 1u) << "eight failed destroys, one line";
+}

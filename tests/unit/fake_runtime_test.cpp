@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

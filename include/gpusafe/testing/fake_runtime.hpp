@@ -75,11 +75,10 @@ enum class FakeOp : int {
 };
 
 constexpr const char* to_string(FakeOp op) noexcept {
-  constexpr const char* names[] = {"device_count",  "allocate",          "deallocate",
-                                   "memory_info",   "synchronize",       "get_device",
-                                   "set_device",    "device_properties", "event_create",
-                                   "event_destroy", "event_record",      "event_query",
-                                   "initialize"};
+  constexpr const char* names[] = {
+      "device_count", "allocate",    "deallocate",        "memory_info",  "synchronize",
+      "get_device",   "set_device",  "device_properties", "event_create", "event_destroy",
+      "event_record", "event_query", "initialize"};
   return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
 }
 

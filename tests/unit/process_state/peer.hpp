@@ -9,20 +9,20 @@
 
 #define GPUSAFE_PEER_API extern "C" __attribute__((visibility("default")))
 
-#define GPUSAFE_PEER_DECLARE(prefix)                                                         \
-  /* The ABI namespace this peer was compiled in. */                                         \
-  GPUSAFE_PEER_API const char* prefix##_abi() noexcept;                                      \
-  GPUSAFE_PEER_API int prefix##_log_level() noexcept;                                        \
-  GPUSAFE_PEER_API void prefix##_set_log_level(int level) noexcept;                          \
-  GPUSAFE_PEER_API bool prefix##_is_exiting() noexcept;                                      \
-  GPUSAFE_PEER_API bool prefix##_in_forked_child() noexcept;                                 \
-  GPUSAFE_PEER_API std::uint32_t prefix##_device_epoch(int device) noexcept;                 \
-  GPUSAFE_PEER_API void prefix##_notify_device_reset(int device);                            \
-  GPUSAFE_PEER_API bool prefix##_device_is_poisoned(int device) noexcept;                    \
-  /* Registers a resource (until prefix##_unregister) whose reclaim releases `bytes`. */      \
-  GPUSAFE_PEER_API void prefix##_register(std::size_t bytes);                                \
-  GPUSAFE_PEER_API void prefix##_unregister() noexcept;                                      \
-  GPUSAFE_PEER_API std::size_t prefix##_registered_count() noexcept;                         \
+#define GPUSAFE_PEER_DECLARE(prefix)                                                     \
+  /* The ABI namespace this peer was compiled in. */                                     \
+  GPUSAFE_PEER_API const char* prefix##_abi() noexcept;                                  \
+  GPUSAFE_PEER_API int prefix##_log_level() noexcept;                                    \
+  GPUSAFE_PEER_API void prefix##_set_log_level(int level) noexcept;                      \
+  GPUSAFE_PEER_API bool prefix##_is_exiting() noexcept;                                  \
+  GPUSAFE_PEER_API bool prefix##_in_forked_child() noexcept;                             \
+  GPUSAFE_PEER_API std::uint32_t prefix##_device_epoch(int device) noexcept;             \
+  GPUSAFE_PEER_API void prefix##_notify_device_reset(int device);                        \
+  GPUSAFE_PEER_API bool prefix##_device_is_poisoned(int device) noexcept;                \
+  /* Registers a resource (until prefix##_unregister) whose reclaim releases `bytes`. */ \
+  GPUSAFE_PEER_API void prefix##_register(std::size_t bytes);                            \
+  GPUSAFE_PEER_API void prefix##_unregister() noexcept;                                  \
+  GPUSAFE_PEER_API std::size_t prefix##_registered_count() noexcept;                     \
   GPUSAFE_PEER_API std::size_t prefix##_reclaim_all() noexcept;
 
 GPUSAFE_PEER_DECLARE(gpusafe_peer_tu)

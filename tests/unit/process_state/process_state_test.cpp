@@ -35,12 +35,12 @@ struct Peer {
   std::size_t (*reclaim_all)() noexcept;
 };
 
-#define GPUSAFE_TEST_PEER(prefix)                                                         \
-  Peer {                                                                                  \
-    #prefix, prefix##_abi, prefix##_log_level, prefix##_set_log_level, prefix##_is_exiting, \
-        prefix##_in_forked_child, prefix##_device_epoch, prefix##_notify_device_reset,    \
-        prefix##_device_is_poisoned, prefix##_register, prefix##_unregister,              \
-        prefix##_registered_count, prefix##_reclaim_all                                   \
+#define GPUSAFE_TEST_PEER(prefix)                                                           \
+  Peer {                                                                                    \
+#prefix, prefix##_abi, prefix##_log_level, prefix##_set_log_level, prefix##_is_exiting, \
+        prefix##_in_forked_child, prefix##_device_epoch, prefix##_notify_device_reset,      \
+        prefix##_device_is_poisoned, prefix##_register, prefix##_unregister,                \
+        prefix##_registered_count, prefix##_reclaim_all                                     \
   }
 
 void PrintTo(const Peer& peer, std::ostream* os) { *os << peer.name; }

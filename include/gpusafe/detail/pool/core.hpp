@@ -130,10 +130,12 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
   /// Gives this thread's cached slots back, then frees idle slabs. Slots cached by other live
   /// threads keep their slabs resident.
-  std::size_t trim() noexcept {
+  /// With `grown_only`, keeps every class's preallocated slab (the light reclaim level).
+  std::size_t trim(bool grown_only = false) noexcept {
     if (ThreadCache* tc = find_thread_cache(this)) flush_all(*tc);
     std::size_t released = 0;
-    for (std::size_t i = 0; i < nclasses_; ++i) released += this->trim_class(classes_[i]);
+    for (std::size_t i = 0; i < nclasses_; ++i)
+      released += this->trim_class(classes_[i], grown_only);
     return released;
   }
 
@@ -182,8 +184,8 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   std::size_t reclaim(const ReclaimRequest& request) noexcept override {
     if (orphaned_.load(std::memory_order_acquire)) return 0;
     if (request.device != -1 && (!gpu_ || request.device != options_.device)) return 0;
-    if (request.level == ReclaimLevel::light) return 0;
-    const std::size_t released = trim();
+    // Light: only what growth added (overflow buffers are freed at release, never cached).
+    const std::size_t released = trim(request.level == ReclaimLevel::light);
     if (request.level == ReclaimLevel::shutdown) log_outstanding_once();
     return released;
   }
@@ -476,7 +478,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   }
 
   bool record_release_event(PoolClass& c, PoolSlab& s, const LeaseState& st) noexcept {
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (!gate) {
       c.dropped.fetch_add(1, std::memory_order_relaxed);
       return false;
@@ -558,6 +560,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   bool take_locked(PoolClass& c, SlotRef& r);
   std::string exhausted_message(PoolClass& c, std::size_t bytes) const;
   BufferLease acquire_unusual(std::size_t bytes, LeaseTag tag);
+  void check_device_exists() const;
   BufferLease allocate_overflow(PoolClass* c, std::uint32_t ci, std::size_t bytes, LeaseTag tag);
   void release_overflow(void* data, std::size_t bytes, LeaseState& st) noexcept;
   void validate() const;

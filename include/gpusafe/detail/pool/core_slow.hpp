@@ -17,7 +17,10 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
   kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
                                        this->pool_label());
   gpu_ = kind_ != MemoryKind::host;
-  if (gpu_) check_gpu_request(options_.device, this->pool_label());
+  if (gpu_) {
+    check_gpu_request(options_.device, this->pool_label());
+    check_device_exists();
+  }
   if (fell_back_)
     log_lazy(LogLevel::warning, [&] {
       return this->pool_label() + ": " + to_string(options_.kind) +
@@ -54,8 +57,22 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
 }
 
 template <class Runtime>
+void PoolCore<Runtime>::check_device_exists() const {
+  int count = 0;
+  if (!Runtime::device_count(count).ok() || options_.device < count) return;
+  throw InvalidArgument(this->pool_label() + ": device " + std::to_string(options_.device) +
+                        " does not exist; this machine has " + std::to_string(count) +
+                        " GPU(s), so valid indices are 0.." + std::to_string(count - 1) +
+                        "; set BufferPoolOptions::device to one of them");
+}
+
+template <class Runtime>
 void PoolCore<Runtime>::validate() const {
   const std::string who = this->pool_label();
+  if (options_.device < 0 && options_.kind != MemoryKind::host)
+    throw InvalidArgument(who + ": device " + std::to_string(options_.device) +
+                          " is negative; set BufferPoolOptions::device to a GPU index (0 is the "
+                          "first GPU; without a GPU the pool falls back to host memory)");
   const std::size_t a = options_.alignment;
   if (a == 0 || (a & (a - 1)) != 0)
     throw InvalidArgument(who + ": alignment " + std::to_string(a) +
@@ -209,7 +226,7 @@ BufferLease PoolCore<Runtime>::allocate_overflow(PoolClass* c, std::uint32_t ci,
                            options_.name + "' (overflow allocation outside the pool)";
   void* p = nullptr;
   {
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (gpu_) this->admit_or_throw(gate, what);
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);
     const Status s = this->raw_allocate(bytes, &p);
@@ -247,7 +264,7 @@ void PoolCore<Runtime>::release_overflow(void* data, std::size_t bytes, LeaseSta
   overflow_live_.fetch_sub(1, std::memory_order_seq_cst);
   overflow_bytes_live_.fetch_sub(bytes, std::memory_order_relaxed);
   {
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (gpu_ &&
         (!gate || st.epoch != device_epoch(options_.device) || is_poisoned(options_.device))) {
       if (st.cls < nclasses_) classes_[st.cls].dropped.fetch_add(1, std::memory_order_relaxed);

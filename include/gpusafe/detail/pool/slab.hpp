@@ -156,7 +156,7 @@ class PoolSlabs {
 
   /// Admission to a runtime call on the acquire side: throws when the process is exiting or
   /// forked (the exit handler waits for an admitted call to finish).
-  void admit_or_throw(const RuntimeCallGate& gate, const std::string& what) const {
+  void admit_or_throw(const BasicRuntimeCallGate<Runtime>& gate, const std::string& what) const {
     if (gate) return;
     check_gpu_request(options_.device, what);
     throw ShuttingDown(what + ": the process is exiting; no runtime call can be made");
@@ -175,7 +175,7 @@ class PoolSlabs {
     const std::string what = pool_label() + ": allocating size class " + std::to_string(c.bytes) +
                              " (" + std::to_string(count) + " buffers, " + std::to_string(bytes) +
                              " bytes of " + to_string(kind_) + " memory)";
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (gpu_) {
       admit_or_throw(gate, what);
       check_gpu_request(options_.device, what);
@@ -225,7 +225,7 @@ class PoolSlabs {
   /// Gives a slab's memory back to the runtime, or drops it where no runtime call may be made.
   void free_slab_memory(PoolSlab& s) noexcept {
     if (!s.resident) return;
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (gpu_ && (!gate || is_poisoned(options_.device))) {
       drop_slab_memory(s);
       return;
@@ -236,13 +236,25 @@ class PoolSlabs {
     std::unique_ptr<EventHandle[]> events = std::move(s.events);
     forget_memory(s);
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);
-    if (events) {
-      for (std::size_t k = 0; k < s.bitmap.count(); ++k) (void)Runtime::event_destroy(events[k]);
-    }
+    if (events) destroy_events(events.get(), s.bitmap.count());
     const Status st = raw_deallocate(raw);
     if (!st.ok() && st.error_class() != ErrorClass::benign_at_shutdown && free_failed_.first())
       log_lazy(LogLevel::warning,
                [&] { return pool_label() + ": freeing a slab failed: " + st.describe(); });
+  }
+
+  /// Destroys a slab's stream events (runtime gate held, device current); a failure is logged
+  /// once per pool.
+  void destroy_events(EventHandle* events, std::size_t count) noexcept {
+    for (std::size_t k = 0; k < count; ++k) {
+      const Status st = Runtime::event_destroy(events[k]);
+      if (st.ok() || st.error_class() == ErrorClass::benign_at_shutdown) continue;
+      if (event_destroy_failed_.first())
+        log_lazy(LogLevel::warning, [&] {
+          return pool_label() + ": destroying a stream event failed with " + st.describe() +
+                 "; the event was dropped (further failures of this pool are not logged)";
+        });
+    }
   }
 
   /// Forgets a slab's memory without any runtime call (exit, fork, reset, poison).
@@ -327,7 +339,7 @@ class PoolSlabs {
 
   /// Whether the work recorded on a slot's event has finished; false when it cannot be asked.
   static bool event_done(EventHandle event) noexcept {
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     return gate && Runtime::event_query(event).code == codes::success;
   }
 
@@ -343,12 +355,15 @@ class PoolSlabs {
 
   /// Frees the class's slabs that have every slot free (the first one stays listed, to be
   /// re-allocated by the next acquire); returns the bytes given back.
-  std::size_t trim_class(PoolClass& c) noexcept {
+  /// Frees the idle slabs of a class; with `grown_only`, only those added by growth (light
+  /// reclaim keeps the preallocated first slab).
+  std::size_t trim_class(PoolClass& c, bool grown_only = false) noexcept {
     std::lock_guard<std::mutex> lock(c.mutex);
-    RuntimeCallGate gate;
+    BasicRuntimeCallGate<Runtime> gate;
     if (gpu_ && !gate) return 0;  // exiting or forked: nothing can be given back
     std::size_t released = 0;
-    for (std::uint32_t k = c.slab_count(); k-- > 0;) {
+    const std::uint32_t first = grown_only ? 1 : 0;
+    for (std::uint32_t k = c.slab_count(); k-- > first;) {
       PoolSlab& s = *c.slab(k);
       if (!s.resident || slab_is_stale(s)) continue;  // the next acquire retires a stale one
       if (!s.bitmap.close_if_all_free()) {
@@ -406,6 +421,7 @@ class PoolSlabs {
   std::unique_ptr<PoolClass[]> classes_;
   std::atomic<std::size_t> reserved_{0};  // slab bytes held
   LogOnce free_failed_;
+  LogOnce event_destroy_failed_;
 };
 
 }  // namespace detail
