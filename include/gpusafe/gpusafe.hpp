@@ -18,6 +18,7 @@
 #include "gpusafe/log.hpp"
 #include "gpusafe/memory_manager.hpp"
 #include "gpusafe/model_cache.hpp"
+#include "gpusafe/reclaim.hpp"
 #include "gpusafe/runtime.hpp"
 #include "gpusafe/version.hpp"
 

@@ -53,25 +53,6 @@
 
 GPUSAFE_NAMESPACE_BEGIN
 
-namespace detail {
-
-/// Stable name of a ReclaimCost ("idle_memory", ...).
-constexpr const char* cost_name(ReclaimCost cost) noexcept {
-  switch (cost) {
-    case ReclaimCost::controller:
-      return "controller";
-    case ReclaimCost::idle_memory:
-      return "idle_memory";
-    case ReclaimCost::evictable_models:
-      return "evictable_models";
-    case ReclaimCost::framework_cache:
-      return "framework_cache";
-  }
-  return "?";
-}
-
-}  // namespace detail
-
 /// Settings of a MemoryManager. Every automatic behaviour is off at 0.
 struct MemoryManagerOptions {
   /// Run a light cleanup every this many on_frame() calls; 0 = never.
@@ -583,7 +564,7 @@ class BasicMemoryManager {
     out += pad("resource", width) + "  " + pad("cost", 16) + "  " + lpad("reserved", 11) + "  " +
            lpad("in use", 11) + "  " + lpad("items", 6) + "\n";
     for (const auto& r : s.resources) {
-      out += pad(r.name, width) + "  " + pad(detail::cost_name(r.cost), 16) + "  " +
+      out += pad(r.name, width) + "  " + pad(to_string(r.cost), 16) + "  " +
              lpad(detail::format_bytes(r.usage.bytes_reserved), 11) + "  " +
              lpad(detail::format_bytes(r.usage.bytes_in_use), 11) + "  " +
              lpad(std::to_string(r.usage.items), 6) + (r.attached ? "" : "  (global)") + "\n";
@@ -1103,8 +1084,8 @@ class BasicMemoryManager {
     for (std::size_t i = 0; i < s.resources.size(); ++i) {
       const auto& r = s.resources[i];
       if (i) out += ",";
-      out += "{\"name\":" + detail::json_string(r.name) + ",\"cost\":\"" +
-             detail::cost_name(r.cost) + "\",\"attached\":" + (r.attached ? "true" : "false") +
+      out += "{\"name\":" + detail::json_string(r.name) + ",\"cost\":\"" + to_string(r.cost) +
+             "\",\"attached\":" + (r.attached ? "true" : "false") +
              ",\"reserved_bytes\":" + std::to_string(r.usage.bytes_reserved) +
              ",\"in_use_bytes\":" + std::to_string(r.usage.bytes_in_use) +
              ",\"items\":" + std::to_string(r.usage.items) +
