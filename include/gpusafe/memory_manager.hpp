@@ -300,13 +300,17 @@ inline std::string LeakReport::to_string() const {
   if (records.empty()) {
     out = "no outstanding leases";
   } else {
-    out = std::to_string(records.size()) + " outstanding lease(s), " +
-          detail::format_bytes(total_bytes()) + ":";
+    std::size_t leases = 0;
+    for (const auto& r : records) leases += r.leases;
+    out = std::to_string(leases) + " outstanding lease(s), " + detail::format_bytes(total_bytes()) +
+          ":";
     for (const auto& r : records) {
-      out += "\n  " + r.resource + ": " + detail::format_bytes(r.bytes) + " taken at " +
+      out += "\n  " + r.resource + ": ";
+      if (r.leases != 1) out += std::to_string(r.leases) + " leases, ";
+      out += detail::format_bytes(r.bytes) + " taken at " +
              (r.file.empty() ? std::string("(untracked)") : r.file + ":" + std::to_string(r.line));
       if (!r.tag.empty()) out += " [" + r.tag + "]";
-      out += ", " + detail::format_age(r.age) + " ago";
+      if (r.age_known) out += ", " + detail::format_age(r.age) + " ago";
     }
   }
   if (!untracked.empty()) {
@@ -502,6 +506,7 @@ class BasicMemoryManager {
   /// Returns the bytes released. Never throws.
   std::size_t shutdown() noexcept {
     stop();
+    log_leaks_once();  // first, so that the resources need not report the same leases again
     std::size_t released = 0;
     try {
       ReclaimRequest request;
@@ -510,7 +515,6 @@ class BasicMemoryManager {
     } catch (...) {
     }
     bytes_released_.fetch_add(released, std::memory_order_relaxed);
-    log_leaks_once();
     return released;
   }
 
@@ -1031,6 +1035,8 @@ class BasicMemoryManager {
       if (report.empty() || !leaks_logged_.first()) return;
       emit(LogLevel::warning,
            "MemoryManager '" + options_.name + "' at shutdown: " + report.to_string());
+      for (const auto& r : live_attached())
+        if (auto* reporter = dynamic_cast<LeakReporter*>(r.get())) reporter->note_leaks_reported();
     } catch (...) {
     }
   }

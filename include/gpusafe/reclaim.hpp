@@ -117,9 +117,11 @@ struct LeakRecord {
   std::string resource;  ///< the pool (or other resource) that handed it out
   std::string file;      ///< where it was taken; empty when not tracked
   int line = 0;
-  std::string tag;  ///< the caller's label, if any
-  std::size_t bytes = 0;
-  std::chrono::nanoseconds age{0};  ///< how long ago it was taken
+  std::string tag;                  ///< the caller's label, if any
+  std::size_t bytes = 0;            ///< bytes of all the leases the record stands for
+  std::chrono::nanoseconds age{0};  ///< how long ago it was taken (when age_known)
+  std::size_t leases = 1;           ///< leases the record stands for (untracked: a whole class)
+  bool age_known = true;            ///< false when the resource did not record when
 };
 
 /// Optional interface for a Reclaimable that tracks what it handed out (a pool with its lease
@@ -129,6 +131,9 @@ class LeakReporter {
   virtual ~LeakReporter() = default;
   /// What is handed out right now. May throw std::bad_alloc.
   virtual std::vector<LeakRecord> leak_records() const = 0;
+  /// Someone (a MemoryManager) has just reported these leaks: the resource need not log them
+  /// again at shutdown, so each leak is reported once.
+  virtual void note_leaks_reported() noexcept {}
 };
 
 struct RegistryEntry {

@@ -153,18 +153,17 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
   std::vector<LeakRecord> leak_records() const override {
     if (options_.track_leases) return tracker_.leak_records();
-    // Without the tracker only the count is known: one record that says so.
+    // Without the tracker the counts and sizes are known, not where or when: one record per
+    // class with leases out, and one for overflow buffers.
     std::vector<LeakRecord> out;
     const BufferPoolStats st = stats();
-    const std::size_t out_now = st.totals.in_use + st.overflow_live;
-    if (out_now > 0) {
-      LeakRecord r;
-      r.resource = options_.name;
-      r.tag = std::to_string(out_now) + " lease(s) out; enable track_leases to see where";
-      out.push_back(std::move(r));
-    }
+    for (const auto& c : st.classes)
+      if (c.in_use > 0) out.push_back(untracked_record(c.in_use, c.in_use * c.bytes));
+    if (st.overflow_live > 0)
+      out.push_back(untracked_record(st.overflow_live, st.overflow_bytes_live));
     return out;
   }
+  void note_leaks_reported() noexcept override { (void)report_logged_.first(); }
 
   std::string leak_report() const {
     const BufferPoolStats st = stats();
@@ -565,6 +564,15 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   void release_overflow(void* data, std::size_t bytes, LeaseState& st) noexcept;
   void validate() const;
   void log_outstanding_once() noexcept;
+  LeakRecord untracked_record(std::size_t leases, std::size_t bytes) const {
+    LeakRecord r;
+    r.resource = options_.name;
+    r.bytes = bytes;
+    r.leases = leases;
+    r.age_known = false;
+    r.tag = "enable track_leases to see where";
+    return r;
+  }
   static void add_to_totals(SizeClassStats& t, const SizeClassStats& c) noexcept;
 
   LeaseTracker tracker_;
