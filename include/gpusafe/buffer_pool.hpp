@@ -47,6 +47,8 @@ GPUSAFE_NAMESPACE_BEGIN
 /// A pool of preallocated buffers in size classes, on `Runtime` (see the header comment).
 template <class Runtime = DefaultRuntime>
 class BasicBufferPool {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
  public:
   using Options = BufferPoolOptions;
 

@@ -133,6 +133,8 @@ struct SafeCudaCleanupOptions {
 ///   cleanup.defer([&] { gpusafe::safe_tensor_cleanup(scratch); });
 template <class Runtime>
 class BasicSafeCudaCleanup {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
  public:
   using Options = SafeCudaCleanupOptions;
 
@@ -508,10 +510,15 @@ struct CleanupTraits {
   static bool release(T& x) noexcept { return detail::generic_release(x); }
 };
 
+/// For CleanupTraits specialisations: whether the runtime the running safe_tensor_cleanup call is
+/// about is gone (exiting or forked child); when true, release() must leak instead of calling it.
+inline bool cleanup_runtime_is_gone() noexcept { return detail::cleanup_runtime_is_gone(); }
+
 /// safe_tensor_cleanup for resources whose memory belongs to `Runtime` (a test double, or a
 /// runtime of your own); safe_tensor_cleanup(xs...) is basic_safe_tensor_cleanup<DefaultRuntime>.
 template <class Runtime, class... Ts>
 bool basic_safe_tensor_cleanup(Ts&... xs) noexcept {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
   static_assert(sizeof...(Ts) > 0, "safe_tensor_cleanup needs at least one argument");
   static_assert((!std::is_const_v<Ts> && ...), "safe_tensor_cleanup cannot empty a const object");
   detail::CleanupRuntimeScope scope(&detail::runtime_is_gone<Runtime>);
@@ -549,6 +556,8 @@ bool safe_tensor_cleanup(Ts&... xs) noexcept {
 /// destructor is noexcept and makes no runtime call when the process is exiting or forked.
 template <class Runtime>
 class BasicDeviceGuard {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
  public:
   explicit BasicDeviceGuard(int device) : device_(device) {
     const std::string what = "DeviceGuard(" + std::to_string(device) + ")";

@@ -324,6 +324,8 @@ inline std::string LeakReport::to_string() const {
 /// and the global registry refer to it.
 template <class Runtime>
 class BasicMemoryManager {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
  public:
   using Options = MemoryManagerOptions;
 

@@ -284,6 +284,64 @@ struct HostRuntime {
   static Status event_query(EventHandle) noexcept { return {}; }
 };
 
+namespace detail {
+
+template <class R, class = void>
+struct HasRuntimeMembers : std::false_type {};
+template <class R>
+struct HasRuntimeMembers<
+    R, std::void_t<
+           decltype(R::name()), decltype(R::gpu_available()),
+           decltype(R::device_count(std::declval<int&>())),
+           decltype(R::allocate(MemoryKind::host, 0, std::size_t{}, std::declval<void**>())),
+           decltype(R::deallocate(MemoryKind::host, 0, std::declval<void*>())),
+           decltype(R::memory_info(0, std::declval<std::size_t&>(), std::declval<std::size_t&>())),
+           decltype(R::synchronize(0)), decltype(R::get_device(std::declval<int&>())),
+           decltype(R::set_device(0)),
+           decltype(R::device_properties(0, std::declval<DeviceProperties&>())),
+           decltype(R::event_create(std::declval<EventHandle&>())),
+           decltype(R::event_destroy(EventHandle{})),
+           decltype(R::event_record(EventHandle{}, StreamHandle{})),
+           decltype(R::event_query(EventHandle{}))>> : std::true_type {};
+
+template <class R, bool = HasRuntimeMembers<R>::value>
+struct RuntimeMembersFit : std::false_type {};
+template <class R>
+struct RuntimeMembersFit<R, true>
+    : std::bool_constant<
+          std::is_same_v<decltype(R::allocate(MemoryKind::host, 0, std::size_t{},
+                                              std::declval<void**>())),
+                         Status> &&
+          std::is_same_v<decltype(R::deallocate(MemoryKind::host, 0, std::declval<void*>())),
+                         Status> &&
+          std::is_same_v<decltype(R::event_query(EventHandle{})), Status>&& noexcept(R::deallocate(MemoryKind::host, 0, std::declval<void*>()))&& noexcept(
+              R::event_destroy(
+                  EventHandle{}))&& noexcept(R::
+                                                 set_device(
+                                                     0))&& noexcept(R::
+                                                                        get_device(
+                                                                            std::declval<
+                                                                                int&>()))&& noexcept(R::
+                                                                                                         synchronize(
+                                                                                                             0))&& noexcept(R::gpu_available())> {
+};
+
+}  // namespace detail
+
+/// Whether R models the Runtime concept (docs/runtime.md): the static members of HostRuntime,
+/// returning Status, with every release-side member noexcept.
+template <class R>
+inline constexpr bool is_runtime_v = detail::RuntimeMembersFit<R>::value;
+
+/// Use in every template that takes a Runtime, so that a wrong one fails at the user's line.
+#define GPUSAFE_CHECK_RUNTIME(R)                                                                  \
+  static_assert(::gpusafe::is_runtime_v<R>,                                                       \
+                "gpusafe: the Runtime argument does not model the Runtime concept: it needs the " \
+                "static members of gpusafe::HostRuntime (name, gpu_available, device_count, "     \
+                "allocate, deallocate, memory_info, synchronize, get_device, set_device, "        \
+                "device_properties, event_create/destroy/record/query), returning "               \
+                "gpusafe::Status, the release-side ones noexcept; see docs/runtime.md")
+
 /// Why CUDA is or is not usable (the cached answer behind is_cuda_available()).
 enum class CudaStatus {
   available,
@@ -545,6 +603,8 @@ inline bool runtime_is_gone() noexcept {
 /// Arms the exit flag for `Runtime` first, so a release path may be gpusafe's first use.
 template <class Runtime>
 class BasicRuntimeCallGate {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
  public:
   BasicRuntimeCallGate() noexcept : admitted_((arm_exit_flag<Runtime>(), enter_runtime_call())) {}
   ~BasicRuntimeCallGate() {
@@ -562,6 +622,22 @@ class BasicRuntimeCallGate {
 class RuntimeCallGate : public BasicRuntimeCallGate<DefaultRuntime> {};
 
 }  // namespace detail
+
+/// Release paths of your own resources: construct a gate before a runtime call and make the call
+/// only when it admits (`if (gate) Runtime::deallocate(...)`); otherwise leak on purpose. It arms
+/// gpusafe's exit flag for `Runtime`, refuses when the process is exiting or is a forked child,
+/// and lets the exit handler wait (bounded) for the admitted call. See docs/runtime.md.
+template <class Runtime>
+using BasicRuntimeCallGate = detail::BasicRuntimeCallGate<Runtime>;
+/// BasicRuntimeCallGate for the default runtime.
+using RuntimeCallGate = detail::RuntimeCallGate;
+
+/// Whether calls into `Runtime` must be avoided from now on (the process is exiting or is a
+/// forked child); arms gpusafe's exit flag for `Runtime` first. For release code of your own.
+template <class Runtime = DefaultRuntime>
+inline bool runtime_is_gone() noexcept {
+  return detail::runtime_is_gone<Runtime>();
+}
 
 /// Why CUDA is or is not usable. The first call probes (one cudaGetDeviceCount); later calls are
 /// two atomic loads. Turns to forked_child / exiting when the process forks or exits.
@@ -667,6 +743,7 @@ inline void check_gpu_request(int device, const std::string& what) {
 template <class Runtime>
 MemoryKind resolve_memory_kind(MemoryKind kind, Fallback fallback, bool* fell_back,
                                const std::string& what) {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
   *fell_back = false;
   detail::arm_exit_flag<Runtime>();
   if (kind == MemoryKind::host) return kind;
@@ -697,6 +774,7 @@ inline DeviceInfo host_device_info() {
 /// Throws InvalidArgument for an index that does not exist.
 template <class Runtime = DefaultRuntime>
 DeviceInfo get_device_info(int device = 0) {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
   detail::arm_exit_flag<Runtime>();
   const std::string what = "get_device_info(" + std::to_string(device) + ")";
   if (!Runtime::gpu_available()) {
