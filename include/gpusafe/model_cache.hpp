@@ -1388,8 +1388,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 /// (safe_cuda_empty_cache(), periodic cleanups) evicts nothing, a heavy one (reclaim_all(),
 /// threshold releases) evicts unpinned secondary models LRU-first, shutdown() evicts every
 /// unpinned model.
-template <class Key, class Model, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
-class ModelCache {
+template <class Runtime, class Key, class Model, class Hash = std::hash<Key>>
+class BasicModelCache {
   using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;
 
  public:
@@ -1400,17 +1400,17 @@ class ModelCache {
   using EvictCallback = std::function<void(const Key&, std::size_t, EvictReason)>;
 
   /// Throws InvalidArgument for watermarks outside [0, 1] or out of order, or a negative device.
-  explicit ModelCache(ModelCacheOptions options = {})
+  explicit BasicModelCache(ModelCacheOptions options = {})
       : core_(std::make_shared<Core>(std::move(options))), registration_(core_) {}
 
   /// Drops the cache's references without on_evict callbacks; outstanding handles stay valid.
-  ~ModelCache() {
+  ~BasicModelCache() {
     registration_.reset();
     core_->close();
   }
 
-  ModelCache(const ModelCache&) = delete;
-  ModelCache& operator=(const ModelCache&) = delete;
+  BasicModelCache(const BasicModelCache&) = delete;
+  BasicModelCache& operator=(const BasicModelCache&) = delete;
 
   /// Registers `key`. `size_hint` (bytes, 0 = unknown) is reserved against the budget while the
   /// loader runs; the loader's reported bytes replace it. Throws DuplicateKey, InvalidArgument
@@ -1481,6 +1481,10 @@ class ModelCache {
   std::shared_ptr<Core> core_;
   ReclaimRegistration registration_;
 };
+
+/// The cache on the default runtime (CUDA when built with it, else the CPU runtime).
+template <class Key, class Model, class Hash = std::hash<Key>>
+using ModelCache = BasicModelCache<DefaultRuntime, Key, Model, Hash>;
 
 GPUSAFE_NAMESPACE_END
 
