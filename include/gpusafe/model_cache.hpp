@@ -9,7 +9,8 @@
 //
 // Thread safety: every member function may be called from any thread. A hit takes one of 16
 // striped locks (picked per thread) and no shared write, so hits on several threads scale;
-// everything else takes all stripes. No loader, on_evict callback or model destructor ever runs
+// everything else takes the writer lock and every stripe that readers use (detail/cache/
+// striped_locks.hpp). No loader, on_evict callback or model destructor ever runs
 // under a lock, so they may call back into the cache (or into reclaim_all()). Loaders that wait
 // for each other (A's loader gets B while another thread's loader of B gets A, or each waits for
 // budget room the other's load holds) fail instead of waiting forever.
@@ -627,8 +628,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   // touch is recorded in the stripe and applied to the LRU list later, in order: by the next
   // exclusive section, or here under the touch lock when the stripe's buffer is full.
   Handle lookup(const Key& key) {
-    Stripe& s = locks_.mine();
-    std::lock_guard<std::mutex> guard(s.mutex);
+    typename Locks::Reader reader(locks_);
+    Stripe& s = reader.stripe();
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
     Entry* e = it->second.get();

@@ -35,9 +35,9 @@ TEST(CacheStripedLocks, LockAllAppliesTouchesInOrderAndSkipsRepeats) {
   gd::StripedLocks<Node, 4, 8> locks;
   std::vector<int> applied;
   Node a{1}, b{2};
-  auto& s = locks.mine();
   {
-    std::lock_guard<std::mutex> g(s.mutex);
+    decltype(locks)::Reader r(locks);
+    auto& s = r.stripe();
     locks.touch(s, &a, Recorder{&applied});
     locks.touch(s, &a, Recorder{&applied});  // repeat of the last: not recorded
     locks.touch(s, &b, Recorder{&applied});
@@ -56,9 +56,9 @@ TEST(CacheStripedLocks, AFullBufferIsAppliedByTheReader) {
   gd::StripedLocks<Node, 2, 4> locks;
   std::vector<int> applied;
   std::vector<Node> nodes{{0}, {1}, {2}, {3}, {4}};
-  auto& s = locks.mine();
   {
-    std::lock_guard<std::mutex> g(s.mutex);
+    decltype(locks)::Reader r(locks);
+    auto& s = r.stripe();
     for (auto& n : nodes) locks.touch(s, &n, Recorder{&applied});
   }
   EXPECT_EQ(applied, (std::vector<int>{0, 1, 2, 3}));  // the fifth touch drained the first four
@@ -69,10 +69,9 @@ TEST(CacheStripedLocks, AFullBufferIsAppliedByTheReader) {
 
 TEST(CacheStripedLocks, HitsSumOverStripes) {
   gd::StripedLocks<Node, 4, 4> locks;
-  auto& s = locks.mine();
   {
-    std::lock_guard<std::mutex> g(s.mutex);
-    s.hits += 3;
+    decltype(locks)::Reader r(locks);
+    r.stripe().hits += 3;
   }
   locks.lock_all([](Node&) {});
   locks.count_hit_exclusive();
@@ -89,8 +88,7 @@ TEST(CacheStripedLocks, WriterExcludesEveryReader) {
   for (int t = 0; t < 3; ++t)
     readers.emplace_back([&] {
       while (!stop.load()) {
-        auto& s = locks.mine();
-        std::lock_guard<std::mutex> g(s.mutex);
+        decltype(locks)::Reader r(locks);
         if (writer_in.load()) overlaps.fetch_add(1);
       }
     });
@@ -104,6 +102,23 @@ TEST(CacheStripedLocks, WriterExcludesEveryReader) {
   stop.store(true);
   for (auto& r : readers) r.join();
   EXPECT_EQ(overlaps.load(), 0);
+}
+
+TEST(CacheStripedLocks, OnlyStripesInUseAreEnrolled) {
+  gd::StripedLocks<Node, 4, 4> locks;
+  EXPECT_EQ(locks.enrolled_stripes(), 0u);
+  locks.lock_all([](Node&) {});  // a writer alone takes no stripe
+  EXPECT_TRUE(locks.mine().mutex.try_lock());
+  locks.mine().mutex.unlock();
+  locks.unlock_all();
+  locks.leave(locks.enter());
+  locks.leave(locks.enter());
+  EXPECT_EQ(locks.enrolled_stripes(), 1u);
+  locks.lock_all([](Node&) {});  // now this thread's stripe is taken by writers
+  EXPECT_FALSE(locks.mine().mutex.try_lock());
+  locks.unlock_all();
+  std::thread([&] { locks.leave(locks.enter()); }).join();  // another thread, another stripe
+  EXPECT_EQ(locks.enrolled_stripes(), 2u);
 }
 
 TEST(CacheStripedLocks, ForkHooksLockAndRecreate) {
