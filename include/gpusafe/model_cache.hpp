@@ -42,6 +42,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -314,7 +315,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       Exclusive lock(*this);
       auto it = map_.find(key);
       if (it == map_.end()) throw UnknownKey(unknown_key_message("remove", key));
-      g.evicted.reserve(1);
+      g.reserve(1);
       g.entries.reserve(1);
       g.callback = callback_;
       std::shared_ptr<Entry> entry = it->second;
@@ -331,7 +332,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     {
       Exclusive lock(*this);
       g.callback = callback_;
-      g.evicted.reserve(resident_count_);
+      g.reserve(resident_count_);
       for (auto& kv : map_)
         if (kv.second->cached) retire(*kv.second, EvictReason::clear, g);
     }
@@ -377,7 +378,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         if (!alive_) return 0;
         g.callback = callback_;
         if (request.level == ReclaimLevel::shutdown) {
-          g.evicted.reserve(resident_count_);
+          g.reserve(resident_count_);
           for (auto& kv : map_) {
             Entry& e = *kv.second;
             if (e.cached && !e.pinned) retire(e, EvictReason::shutdown, g);
@@ -537,39 +538,58 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     EvictReason reason;
   };
 
-  // What a locked section removed; released (and reported) after unlocking.
+  // What a locked section removed; released (and reported) after unlocking. The first eviction
+  // is kept in place (the common case, one budget eviction per miss, allocates nothing).
   struct Graveyard {
     explicit Graveyard(ModelCacheCore& c) noexcept : core(c) {}
     Graveyard(const Graveyard&) = delete;
     Graveyard& operator=(const Graveyard&) = delete;
 
     ModelCacheCore& core;
-    std::vector<Evicted> evicted;
+    std::optional<Evicted> first;
+    std::vector<Evicted> evicted;  // the evictions after `first`, in order
     std::vector<std::shared_ptr<Entry>> entries;
     std::shared_ptr<const EvictCallback> callback;
 
+    // Makes room for `more` evictions, so that add() cannot throw. Throws std::bad_alloc.
+    void reserve(std::size_t more) {
+      const std::size_t in_vector = first ? evicted.size() + more : (more > 0 ? more - 1 : 0);
+      if (in_vector > evicted.capacity()) evicted.reserve(in_vector);
+    }
+    void add(Evicted&& v) noexcept {
+      if (!first)
+        first.emplace(std::move(v));
+      else
+        evicted.push_back(std::move(v));  // reserve() made room
+    }
+
     std::size_t finish() noexcept {
       std::size_t bytes = 0;
-      for (auto& v : evicted) {
-        bytes += v.bytes;
-        v.model.reset();
-        if (callback && *callback) {
-          try {
-            (*callback)(v.entry->key, v.bytes, v.reason);
-          } catch (const std::exception& e) {
-            core.log_callback_failure(v, e.what());
-          } catch (...) {
-            core.log_callback_failure(v, "a non-std exception");
-          }
-        }
-        v.entry.reset();
-      }
+      if (first) bytes += report(*first);
+      first.reset();
+      for (auto& v : evicted) bytes += report(v);
       evicted.clear();
       entries.clear();
       callback.reset();
       return bytes;
     }
     ~Graveyard() { finish(); }
+
+   private:
+    std::size_t report(Evicted& v) noexcept {
+      v.model.reset();
+      if (callback && *callback) {
+        try {
+          (*callback)(v.entry->key, v.bytes, v.reason);
+        } catch (const std::exception& e) {
+          core.log_callback_failure(v, e.what());
+        } catch (...) {
+          core.log_callback_failure(v, "a non-std exception");
+        }
+      }
+      v.entry.reset();
+      return v.bytes;
+    }
   };
 
   // An on_evict callback that throws: logged once per cache (an error), naming the key; later
@@ -662,14 +682,14 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
   }
 
-  // Moves a resident entry to the graveyard. `g.evicted` must have room (no throw here).
+  // Moves a resident entry to the graveyard, which must have room (no throw here).
   void retire(Entry& e, EvictReason reason, Graveyard& g) noexcept {
     if (e.in_lru) lru_remove(e);
     resident_ -= e.bytes;
     --resident_count_;
     charge_retired(e);
     ++counters_.evictions[static_cast<std::size_t>(reason)];
-    g.evicted.push_back(Evicted{e.shared_from_this(), std::move(e.cached), e.bytes, reason});
+    g.add(Evicted{e.shared_from_this(), std::move(e.cached), e.bytes, reason});
     e.cached.reset();
     e.bytes = 0;
   }
@@ -688,14 +708,15 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   }
 
   std::size_t evict_lru(std::size_t goal, EvictReason reason, std::size_t cap, Graveyard& g) {
-    std::vector<Entry*> victims;
+    std::vector<Entry*>& victims = victims_;
+    victims.clear();
     const std::size_t freed = plan(goal, cap, victims);
     retire_all(victims, reason, g);
     return freed;
   }
 
   void retire_all(const std::vector<Entry*>& victims, EvictReason reason, Graveyard& g) {
-    g.evicted.reserve(g.evicted.size() + victims.size());
+    g.reserve(victims.size());
     for (Entry* e : victims) retire(*e, reason, g);
   }
 
@@ -706,7 +727,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     if (need > budget) return false;
     const std::size_t used = charged();
     const std::size_t deficit = used - (budget - need);  // used + need - budget, no overflow
-    std::vector<Entry*> victims;
+    std::vector<Entry*>& victims = victims_;
+    victims.clear();
     if (plan(deficit, options_.max_evictions_per_call, victims) < deficit) return false;
     retire_all(victims, EvictReason::budget, g);
     return true;
@@ -1096,6 +1118,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   // plus the touch lock (see StripedLocks).
   std::unordered_map<Key, std::shared_ptr<Entry>, Hash> map_;
   LruList<Entry> lru_;
+  std::vector<Entry*> victims_;  // eviction plans (kept for its capacity)
   std::size_t resident_ = 0;
   std::size_t resident_count_ = 0;
   std::size_t reserved_ = 0;
