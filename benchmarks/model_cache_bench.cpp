@@ -1,7 +1,8 @@
 // ModelCache against the cache a user would write instead: one mutex, a std::list for the LRU
-// order and an unordered_map of shared_ptr. Hit path (16 resident models, random keys, the
-// handle copied out and dropped) on 1 and 2 threads, a miss with a trivial loader, and eviction
-// churn (16 keys, room for 8).
+// order and an unordered_map of shared_ptr; and, when TBB is installed, against
+// tbb::concurrent_lru_cache (whose capacity counts unused items, as the budget here does). Hit path
+// (16 resident models, random keys, the handle copied out and dropped) on 1 and 2 threads, a miss
+// with a trivial loader, and eviction churn (16 keys, room for 8).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -14,6 +15,11 @@
 #include <vector>
 
 #include "gpusafe/model_cache.hpp"
+
+#if GPUSAFE_BENCH_HAS_TBB_LRU
+#define TBB_PREVIEW_CONCURRENT_LRU_CACHE 1
+#include <tbb/concurrent_lru_cache.h>
+#endif
 
 namespace gs = gpusafe;
 
@@ -191,6 +197,53 @@ void BM_Churn_PlainLru(benchmark::State& state) {
   gets_of(state, random_keys(0, 16), [&](int key) { return lru.get(key); });
 }
 BENCHMARK(BM_Churn_PlainLru);
+
+#if GPUSAFE_BENCH_HAS_TBB_LRU
+std::shared_ptr<Model> tbb_load(int k) { return trivial_load(k).model; }
+using TbbLru =
+    tbb::concurrent_lru_cache<int, std::shared_ptr<Model>, std::shared_ptr<Model> (*)(int)>;
+
+/// Adapts TbbLru to the get(key) / clear() of the loops above (clear() builds a new one).
+class TbbPeer {
+ public:
+  explicit TbbPeer(std::size_t capacity)
+      : capacity_(capacity), lru_(std::make_unique<TbbLru>(&tbb_load, capacity)) {}
+  std::shared_ptr<Model> get(int key) { return (*lru_)[key].value(); }
+  void clear() { lru_ = std::make_unique<TbbLru>(&tbb_load, capacity_); }
+
+ private:
+  std::size_t capacity_;
+  std::unique_ptr<TbbLru> lru_;
+};
+
+TbbPeer& hit_tbb() {
+  static TbbPeer* peer = [] {
+    auto* p = new TbbPeer(kResident);
+    for (int k = 0; k < kResident; ++k) p->get(k);
+    return p;
+  }();
+  return *peer;
+}
+
+void BM_Hit_TbbLru(benchmark::State& state) {
+  TbbPeer& peer = hit_tbb();
+  gets_of(state, random_keys(state.thread_index(), kResident),
+          [&](int key) { return peer.get(key); });
+}
+BENCHMARK(BM_Hit_TbbLru)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_Miss_TbbLru(benchmark::State& state) {
+  TbbPeer peer(kMissKeys);
+  misses_of(state, peer, kMissKeys);
+}
+BENCHMARK(BM_Miss_TbbLru);
+
+void BM_Churn_TbbLru(benchmark::State& state) {
+  TbbPeer peer(8);
+  gets_of(state, random_keys(0, 16), [&](int key) { return peer.get(key); });
+}
+BENCHMARK(BM_Churn_TbbLru);
+#endif
 
 }  // namespace
 

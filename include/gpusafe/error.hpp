@@ -7,59 +7,47 @@
 #ifndef GPUSAFE_ERROR_HPP
 #define GPUSAFE_ERROR_HPP
 
+#include <exception>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "gpusafe/config.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
 
-/// What kind of failure an Error reports.
+/// The one list of error codes: X(ExceptionType, code, description). It generates the ErrorCode
+/// enum, to_string(ErrorCode), the exception types and detail::visit_error_type.
+#define GPUSAFE_ERROR_CODES(X)                                                                   \
+  X(InvalidArgument, invalid_argument, "the request itself is malformed (zero size, bad index)") \
+  X(OutOfMemory, out_of_memory, "the runtime could not allocate")                                \
+  X(PoolExhausted, pool_exhausted, "every buffer of the size class is leased")                   \
+  X(NoGpu, no_gpu, "a GPU was required and there is none usable")                                \
+  X(ForkedChild, forked_child, "a GPU request in a process forked after CUDA was used")          \
+  X(ShuttingDown, shutting_down, "a GPU request after the process began to exit")                \
+  X(DevicePoisoned, device_poisoned, "a sticky CUDA error: the context is unusable until reset") \
+  X(RuntimeFailure, runtime_error, "any other runtime failure")                                  \
+  X(DuplicateKey, duplicate_key, "a key registered twice")                                       \
+  X(UnknownKey, unknown_key, "a key never registered")                                           \
+  X(LoadFailed, load_failed, "a model loader threw or returned nothing")                         \
+  X(BudgetExceeded, budget_exceeded, "a model bigger than the cache's budget")                   \
+  X(Timeout, timeout, "a bounded wait ran out")
+
+/// What kind of failure an Error reports (see GPUSAFE_ERROR_CODES for each one's meaning).
 enum class ErrorCode {
-  invalid_argument,  ///< the request itself is malformed (zero size, bad index, ...)
-  out_of_memory,     ///< the runtime could not allocate
-  pool_exhausted,    ///< every buffer of the size class is leased
-  no_gpu,            ///< a GPU was required and there is none usable
-  forked_child,      ///< a GPU request in a process forked after CUDA was used
-  shutting_down,     ///< a GPU request after the process began to exit
-  device_poisoned,   ///< a sticky CUDA error: the context is unusable until a reset
-  runtime_error,     ///< any other runtime failure
-  duplicate_key,     ///< a key registered twice
-  unknown_key,       ///< a key never registered
-  load_failed,       ///< a model loader threw or returned nothing
-  budget_exceeded,   ///< a model bigger than the cache's budget
-  timeout,           ///< a bounded wait ran out
+#define GPUSAFE_DETAIL_ERROR_ENUM(Type, code, doc) code,
+  GPUSAFE_ERROR_CODES(GPUSAFE_DETAIL_ERROR_ENUM)
+#undef GPUSAFE_DETAIL_ERROR_ENUM
 };
 
 /// Short stable name of an ErrorCode ("pool_exhausted", ...).
 constexpr const char* to_string(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::invalid_argument:
-      return "invalid_argument";
-    case ErrorCode::out_of_memory:
-      return "out_of_memory";
-    case ErrorCode::pool_exhausted:
-      return "pool_exhausted";
-    case ErrorCode::no_gpu:
-      return "no_gpu";
-    case ErrorCode::forked_child:
-      return "forked_child";
-    case ErrorCode::shutting_down:
-      return "shutting_down";
-    case ErrorCode::device_poisoned:
-      return "device_poisoned";
-    case ErrorCode::runtime_error:
-      return "runtime_error";
-    case ErrorCode::duplicate_key:
-      return "duplicate_key";
-    case ErrorCode::unknown_key:
-      return "unknown_key";
-    case ErrorCode::load_failed:
-      return "load_failed";
-    case ErrorCode::budget_exceeded:
-      return "budget_exceeded";
-    case ErrorCode::timeout:
-      return "timeout";
+#define GPUSAFE_DETAIL_ERROR_NAME(Type, code, doc) \
+  case ErrorCode::code:                            \
+    return #code;
+    GPUSAFE_ERROR_CODES(GPUSAFE_DETAIL_ERROR_NAME)
+#undef GPUSAFE_DETAIL_ERROR_NAME
   }
   return "unknown";
 }
@@ -79,28 +67,60 @@ class Error : public std::runtime_error {
 };
 
 /// Declares a subclass of Error bound to one ErrorCode.
-#define GPUSAFE_DETAIL_ERROR_TYPE(Name, Code)                       \
-  class Name : public Error {                                       \
+#define GPUSAFE_DETAIL_ERROR_TYPE(Type, code, doc)                  \
+  class Type : public Error {                                       \
    public:                                                          \
-    explicit Name(const std::string& message, int runtime_code = 0) \
-        : Error(ErrorCode::Code, message, runtime_code) {}          \
-  }
-
-GPUSAFE_DETAIL_ERROR_TYPE(InvalidArgument, invalid_argument);
-GPUSAFE_DETAIL_ERROR_TYPE(OutOfMemory, out_of_memory);
-GPUSAFE_DETAIL_ERROR_TYPE(PoolExhausted, pool_exhausted);
-GPUSAFE_DETAIL_ERROR_TYPE(NoGpu, no_gpu);
-GPUSAFE_DETAIL_ERROR_TYPE(ForkedChild, forked_child);
-GPUSAFE_DETAIL_ERROR_TYPE(ShuttingDown, shutting_down);
-GPUSAFE_DETAIL_ERROR_TYPE(DevicePoisoned, device_poisoned);
-GPUSAFE_DETAIL_ERROR_TYPE(RuntimeFailure, runtime_error);
-GPUSAFE_DETAIL_ERROR_TYPE(DuplicateKey, duplicate_key);
-GPUSAFE_DETAIL_ERROR_TYPE(UnknownKey, unknown_key);
-GPUSAFE_DETAIL_ERROR_TYPE(LoadFailed, load_failed);
-GPUSAFE_DETAIL_ERROR_TYPE(BudgetExceeded, budget_exceeded);
-GPUSAFE_DETAIL_ERROR_TYPE(Timeout, timeout);
-
+    explicit Type(const std::string& message, int runtime_code = 0) \
+        : Error(ErrorCode::code, message, runtime_code) {}          \
+  };
+GPUSAFE_ERROR_CODES(GPUSAFE_DETAIL_ERROR_TYPE)
 #undef GPUSAFE_DETAIL_ERROR_TYPE
+
+namespace detail {
+
+/// Names an exception type as a value: `typename decltype(tag)::type`.
+template <class E>
+struct ErrorTypeTag {
+  using type = E;
+};
+
+/// Calls `f(ErrorTypeTag<E>{})` with the exception type E of `code` and returns what it returns;
+/// an out-of-range code gets ErrorTypeTag<Error> (f must then build the Error from the code).
+template <class F>
+decltype(auto) visit_error_type(ErrorCode code, F&& f) {
+  switch (code) {
+#define GPUSAFE_DETAIL_ERROR_VISIT(Type, code, doc) \
+  case ErrorCode::code:                             \
+    return f(ErrorTypeTag<Type>{});
+    GPUSAFE_ERROR_CODES(GPUSAFE_DETAIL_ERROR_VISIT)
+#undef GPUSAFE_DETAIL_ERROR_VISIT
+  }
+  return f(ErrorTypeTag<Error>{});
+}
+
+/// Throws a new exception of the type that `code` names, with `nested` (when set) nested inside
+/// it as by std::throw_with_nested, so that each thread can throw its own copy of one failure.
+[[noreturn]] inline void throw_error(ErrorCode code, const std::string& message, int runtime_code,
+                                     std::exception_ptr nested = nullptr) {
+  visit_error_type(code, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    auto make = [&] {
+      if constexpr (std::is_same<E, Error>::value)
+        return Error(code, message, runtime_code);
+      else
+        return E(message, runtime_code);
+    };
+    if (!nested) throw make();
+    try {
+      std::rethrow_exception(nested);
+    } catch (...) {
+      std::throw_with_nested(make());
+    }
+  });
+  throw Error(code, message, runtime_code);  // not reached
+}
+
+}  // namespace detail
 
 GPUSAFE_NAMESPACE_END
 

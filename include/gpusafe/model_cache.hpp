@@ -9,7 +9,8 @@
 //
 // Thread safety: every member function may be called from any thread. A hit takes one of 16
 // striped locks (picked per thread) and no shared write, so hits on several threads scale;
-// everything else takes all stripes. No loader, on_evict callback or model destructor ever runs
+// everything else takes the writer lock and every stripe that readers use (detail/cache/
+// striped_locks.hpp). No loader, on_evict callback or model destructor ever runs
 // under a lock, so they may call back into the cache (or into reclaim_all()). Loaders that wait
 // for each other (A's loader gets B while another thread's loader of B gets A, or each waits for
 // budget room the other's load holds) fail instead of waiting forever.
@@ -41,6 +42,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -51,6 +53,9 @@
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/detail/cache/lru_list.hpp"
+#include "gpusafe/detail/cache/single_flight.hpp"
+#include "gpusafe/detail/cache/striped_locks.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -184,134 +189,9 @@ std::string describe_cache_key(const Key& key) {
   }
 }
 
-/// The stripe a thread uses for lookups; fixed per thread.
-inline unsigned model_cache_thread_slot() noexcept {
-  static std::atomic<unsigned> next{0};
-  // Constant-initialised, so reading it needs no TLS guard call; 0 = not assigned yet.
-  static thread_local unsigned slot = 0;
-  if (GPUSAFE_UNLIKELY(slot == 0)) slot = next.fetch_add(1, std::memory_order_relaxed) + 1;
-  return slot;
-}
-
-/// What every cache's in-flight load shares, so that a thread about to wait for a load can
-/// follow who waits for whom across caches (see begin_load_wait).
-struct ModelCacheLoadOpBase {
-  const std::thread::id owner = std::this_thread::get_id();  // the thread running the loader
-  std::atomic<bool> finished{false};  // published, or abandoned in a forked child
-};
-
-// One load running on this thread (the frames form a stack through nested gets in loaders).
-struct ModelCacheLoadFrame {
-  const void* core;
-  std::size_t reserved;
-  ModelCacheLoadFrame* outer;
-  const ModelCacheLoadOpBase* op;
-  const void* key;
-  std::string (*describe)(const void* key);  // describe_cache_key for the frame's Key type
-};
-
 template <class Key>
 std::string describe_erased_cache_key(const void* key) {
   return describe_cache_key(*static_cast<const Key*>(key));
-}
-
-inline ModelCacheLoadFrame*& model_cache_load_frames() noexcept {
-  static thread_local ModelCacheLoadFrame* top = nullptr;
-  return top;
-}
-
-// Bytes reserved against `core` by loads running on this thread, which a nested get must not
-// wait for: they end only after it returns.
-inline std::size_t model_cache_own_reservations(const void* core) noexcept {
-  std::size_t sum = 0;
-  for (auto* f = model_cache_load_frames(); f; f = f->outer)
-    if (f->core == core) sum += f->reserved;
-  return sum;
-}
-
-/// What a waiting thread waits for: one load (another thread's load of the key it wants), or any
-/// one of several loads (room in the budget that their reservations hold).
-struct ModelCacheWait {
-  const ModelCacheLoadOpBase* one = nullptr;
-  std::vector<const ModelCacheLoadOpBase*> any;
-};
-
-/// What each waiting thread waits for. A thread about to wait follows who waits for whom (the
-/// load's thread, what that thread waits for, ...); when every way leads back to a load of its
-/// own, the loads wait for each other and would wait forever. Its lock is a leaf lock, never
-/// taken under another lock of the library (so that fork()'s handler, which takes every
-/// fork-aware lock, cannot deadlock with it); a forked child empties the table, whose waiting
-/// threads do not exist there.
-struct ModelCacheWaitGraph final : ForkAware {
-  std::mutex mutex;
-  std::unordered_map<std::thread::id, ModelCacheWait> waits;  // guarded by mutex
-
-  ModelCacheWaitGraph() noexcept { enrol_fork_aware(this); }
-  void lock_for_fork() noexcept override { mutex.lock(); }
-  void unlock_after_fork() noexcept override { mutex.unlock(); }
-  void recreate_locks_in_child() noexcept override {
-    new (&mutex) std::mutex();
-    waits.clear();
-  }
-
-  /// The load of thread `me` that `op` waits for, directly or through other waits, so that it
-  /// can never finish while `me` waits; null when it can (it finished, or some thread on the way
-  /// runs). Called under `mutex`. `depth` stops at loops of other threads (each of those was
-  /// checked by the thread that closed it).
-  const ModelCacheLoadOpBase* closes_on(const ModelCacheLoadOpBase* op, std::thread::id me,
-                                        std::size_t depth) const {
-    if (op->finished.load(std::memory_order_acquire)) return nullptr;
-    if (op->owner == me) return op;
-    if (depth > waits.size()) return nullptr;
-    auto it = waits.find(op->owner);
-    if (it == waits.end()) return nullptr;  // its thread runs: the load may finish
-    if (it->second.one) return closes_on(it->second.one, me, depth + 1);
-    return closes_on_all(it->second.any, me, depth + 1);
-  }
-
-  /// Like closes_on, for a thread that waits until any one of `ops` finishes: it is stuck only
-  /// when every one of them is. Null for an empty list.
-  const ModelCacheLoadOpBase* closes_on_all(const std::vector<const ModelCacheLoadOpBase*>& ops,
-                                            std::thread::id me, std::size_t depth) const {
-    const ModelCacheLoadOpBase* mine = nullptr;
-    for (const auto* op : ops) {
-      const ModelCacheLoadOpBase* m = closes_on(op, me, depth);
-      if (!m) return nullptr;
-      if (!mine) mine = m;
-    }
-    return mine;
-  }
-};
-
-inline ModelCacheWaitGraph& model_cache_wait_graph() noexcept {
-  static NoDestructor<ModelCacheWaitGraph> graph;
-  return graph.get();
-}
-
-/// Records that this thread waits for `wait`, unless waiting would never end: then returns the
-/// load of this thread that the waits lead back to (and records nothing). Throws std::bad_alloc.
-inline const ModelCacheLoadOpBase* begin_load_wait(ModelCacheWait wait) {
-  auto& graph = model_cache_wait_graph();
-  const auto me = std::this_thread::get_id();
-  std::lock_guard<std::mutex> lock(graph.mutex);
-  const ModelCacheLoadOpBase* mine =
-      wait.one ? graph.closes_on(wait.one, me, 0) : graph.closes_on_all(wait.any, me, 0);
-  if (mine) return mine;
-  graph.waits[me] = std::move(wait);
-  return nullptr;
-}
-
-inline void end_load_wait() noexcept {
-  auto& graph = model_cache_wait_graph();
-  std::lock_guard<std::mutex> lock(graph.mutex);
-  graph.waits.erase(std::this_thread::get_id());
-}
-
-/// This thread's frame of the load `op`, or null.
-inline const ModelCacheLoadFrame* model_cache_frame_of(const ModelCacheLoadOpBase* op) noexcept {
-  for (auto* f = model_cache_load_frames(); f; f = f->outer)
-    if (f->op == op) return f;
-  return nullptr;
 }
 
 /// Shared with every handle: bytes of models removed from the cache but still held.
@@ -435,7 +315,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       Exclusive lock(*this);
       auto it = map_.find(key);
       if (it == map_.end()) throw UnknownKey(unknown_key_message("remove", key));
-      g.evicted.reserve(1);
+      g.reserve(1);
       g.entries.reserve(1);
       g.callback = callback_;
       std::shared_ptr<Entry> entry = it->second;
@@ -452,7 +332,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     {
       Exclusive lock(*this);
       g.callback = callback_;
-      g.evicted.reserve(resident_count_);
+      g.reserve(resident_count_);
       for (auto& kv : map_)
         if (kv.second->cached) retire(*kv.second, EvictReason::clear, g);
     }
@@ -473,9 +353,9 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     ModelCacheStats s;
     Exclusive lock(const_cast<ModelCacheCore&>(*this));
     s = counters_;
-    for (const auto& stripe : stripes_) s.hits += stripe.hits;
+    s.hits += locks_.hits();
     s.bytes_resident = resident_;
-    s.bytes_pinned = resident_ - evictable_bytes_;
+    s.bytes_pinned = resident_ - lru_.bytes();
     s.bytes_reserved = reserved_;
     s.bytes_retired = acct_->retired.load(std::memory_order_acquire);
     s.byte_budget = options_.byte_budget;
@@ -498,7 +378,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         if (!alive_) return 0;
         g.callback = callback_;
         if (request.level == ReclaimLevel::shutdown) {
-          g.evicted.reserve(resident_count_);
+          g.reserve(resident_count_);
           for (auto& kv : map_) {
             Entry& e = *kv.second;
             if (e.cached && !e.pinned) retire(e, EvictReason::shutdown, g);
@@ -560,23 +440,15 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
   }
 
-  // Around fork() the forking thread holds every stripe and the LRU lock (in the order every
-  // other path takes them: stripes by index, then lru_mutex_), so a child never copies the map,
+  // Around fork() the forking thread holds every stripe and the touch lock (in the order every
+  // other path takes them: stripes by index, then the touch lock), so a child never copies the map,
   // the LRU links or a stripe's touch buffer half-changed.
-  void lock_for_fork() noexcept override {
-    for (auto& s : stripes_) s.mutex.lock();
-    lru_mutex_.lock();
-  }
-  void unlock_after_fork() noexcept override {
-    lru_mutex_.unlock();
-    for (unsigned i = kStripes; i-- > 0;) stripes_[i].mutex.unlock();
-  }
+  void lock_for_fork() noexcept override { locks_.lock_for_fork(); }
+  void unlock_after_fork() noexcept override { locks_.unlock_after_fork(); }
 
   void recreate_locks_in_child() noexcept override {
-    for (auto& s : stripes_) new (&s.mutex) std::mutex();
-    new (&lru_mutex_) std::mutex();
-    new (&wait_mutex_) std::mutex();
-    new (&wait_cv_) std::condition_variable();
+    locks_.recreate_in_child();
+    board_.recreate_in_child();
     abandon_foreign_loads_in_child();
   }
 
@@ -594,14 +466,13 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     explicit operator bool() const noexcept { return failed; }
   };
 
-  struct LoadOp : ModelCacheLoadOpBase {
-    bool done = false;         // guarded by wait_mutex_
+  struct LoadOp : LoadOpBase {
     std::size_t reserved = 0;  // bytes of the budget held while it runs; set under the lock
     Handle result;
     Failure failure;
   };
 
-  struct Entry : std::enable_shared_from_this<Entry> {
+  struct Entry : LruHook<Entry>, std::enable_shared_from_this<Entry> {
     Entry(const Key& k, Loader l, Residency r, std::size_t hint)
         : key(k), loader(std::move(l)), residency(r), size_hint(hint) {}
     const Key key;
@@ -611,10 +482,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     Handle cached;  // non-null while resident
     std::size_t bytes = 0;
     bool pinned = false;
-    bool in_lru = false;
     bool removed = false;
-    Entry* prev = nullptr;  // towards the most recently used
-    Entry* next = nullptr;  // towards the least recently used
     std::shared_ptr<LoadOp> op;
   };
 
@@ -629,15 +497,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
   };
 
-  static constexpr unsigned kStripes = 16;
-  static constexpr unsigned kTouchCapacity = 64;
-
-  struct alignas(64) Stripe {
-    std::mutex mutex;
-    std::uint64_t hits = 0;
-    unsigned touched = 0;
-    Entry* touches[kTouchCapacity] = {};
-  };
+  using Locks = StripedLocks<Entry>;
+  using Stripe = typename Locks::Stripe;
 
   // Holds every stripe; applies the touches recorded by lookups first, in order.
   class Exclusive {
@@ -649,18 +510,25 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     Exclusive(const Exclusive&) = delete;
     Exclusive& operator=(const Exclusive&) = delete;
     void lock() {
-      for (auto& s : core_.stripes_) s.mutex.lock();
+      core_.locks_.lock_all(TouchApplier{core_.lru_});
       held_ = true;
-      core_.apply_touches();
     }
     void unlock() noexcept {
-      for (unsigned i = kStripes; i-- > 0;) core_.stripes_[i].mutex.unlock();
+      core_.locks_.unlock_all();
       held_ = false;
     }
 
    private:
     ModelCacheCore& core_;
     bool held_ = false;
+  };
+
+  // Applies a recorded touch: the entry, when still listed, becomes the most recent.
+  struct TouchApplier {
+    LruList<Entry>& lru;
+    void operator()(Entry& e) const noexcept {
+      if (e.in_lru) lru.move_to_front(e);
+    }
   };
 
   struct Evicted {
@@ -670,39 +538,58 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     EvictReason reason;
   };
 
-  // What a locked section removed; released (and reported) after unlocking.
+  // What a locked section removed; released (and reported) after unlocking. The first eviction
+  // is kept in place (the common case, one budget eviction per miss, allocates nothing).
   struct Graveyard {
     explicit Graveyard(ModelCacheCore& c) noexcept : core(c) {}
     Graveyard(const Graveyard&) = delete;
     Graveyard& operator=(const Graveyard&) = delete;
 
     ModelCacheCore& core;
-    std::vector<Evicted> evicted;
+    std::optional<Evicted> first;
+    std::vector<Evicted> evicted;  // the evictions after `first`, in order
     std::vector<std::shared_ptr<Entry>> entries;
     std::shared_ptr<const EvictCallback> callback;
 
+    // Makes room for `more` evictions, so that add() cannot throw. Throws std::bad_alloc.
+    void reserve(std::size_t more) {
+      const std::size_t in_vector = first ? evicted.size() + more : (more > 0 ? more - 1 : 0);
+      if (in_vector > evicted.capacity()) evicted.reserve(in_vector);
+    }
+    void add(Evicted&& v) noexcept {
+      if (!first)
+        first.emplace(std::move(v));
+      else
+        evicted.push_back(std::move(v));  // reserve() made room
+    }
+
     std::size_t finish() noexcept {
       std::size_t bytes = 0;
-      for (auto& v : evicted) {
-        bytes += v.bytes;
-        v.model.reset();
-        if (callback && *callback) {
-          try {
-            (*callback)(v.entry->key, v.bytes, v.reason);
-          } catch (const std::exception& e) {
-            core.log_callback_failure(v, e.what());
-          } catch (...) {
-            core.log_callback_failure(v, "a non-std exception");
-          }
-        }
-        v.entry.reset();
-      }
+      if (first) bytes += report(*first);
+      first.reset();
+      for (auto& v : evicted) bytes += report(v);
       evicted.clear();
       entries.clear();
       callback.reset();
       return bytes;
     }
     ~Graveyard() { finish(); }
+
+   private:
+    std::size_t report(Evicted& v) noexcept {
+      v.model.reset();
+      if (callback && *callback) {
+        try {
+          (*callback)(v.entry->key, v.bytes, v.reason);
+        } catch (const std::exception& e) {
+          core.log_callback_failure(v, e.what());
+        } catch (...) {
+          core.log_callback_failure(v, "a non-std exception");
+        }
+      }
+      v.entry.reset();
+      return v.bytes;
+    }
   };
 
   // An on_evict callback that throws: logged once per cache (an error), naming the key; later
@@ -759,75 +646,21 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 
   // Fast path: one stripe lock, no shared write. Returns null on a miss or unknown key. The
   // touch is recorded in the stripe and applied to the LRU list later, in order: by the next
-  // exclusive section, or here under lru_mutex_ when the stripe's buffer is full.
+  // exclusive section, or here under the touch lock when the stripe's buffer is full.
   Handle lookup(const Key& key) {
-    Stripe& s = stripes_[model_cache_thread_slot() % kStripes];
-    std::lock_guard<std::mutex> guard(s.mutex);
+    typename Locks::Reader reader(locks_);
+    Stripe& s = reader.stripe();
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
     Entry* e = it->second.get();
     if (!e->cached) return nullptr;
     ++s.hits;
-    if (e->in_lru && (s.touched == 0 || s.touches[s.touched - 1] != e)) {
-      if (GPUSAFE_UNLIKELY(s.touched == kTouchCapacity)) {
-        std::lock_guard<std::mutex> lru(lru_mutex_);
-        apply_touches(s);
-      }
-      s.touches[s.touched++] = e;
-    }
+    if (e->in_lru) locks_.touch(s, e, TouchApplier{lru_});
     return e->cached;
   }
 
-  void apply_touches(Stripe& s) noexcept {
-    for (unsigned i = 0; i < s.touched; ++i) {
-      Entry* e = s.touches[i];
-      if (e->in_lru) lru_move_to_front(*e);
-    }
-    s.touched = 0;
-  }
-
-  void apply_touches() noexcept {
-    for (auto& s : stripes_) apply_touches(s);
-  }
-
-  // Relinks a listed entry as the most recent. Writes only the links (which lookups never
-  // read), so a lookup may do it under lru_mutex_ while other lookups run.
-  void lru_move_to_front(Entry& e) noexcept {
-    if (head_ == &e) return;
-    e.prev->next = e.next;  // not the head, so it has a predecessor
-    if (e.next)
-      e.next->prev = e.prev;
-    else
-      tail_ = e.prev;
-    e.prev = nullptr;
-    e.next = head_;
-    head_->prev = &e;
-    head_ = &e;
-  }
-
-  // LRU list: head = most recent.
-  void lru_push_front(Entry& e) noexcept {
-    e.prev = nullptr;
-    e.next = head_;
-    if (head_) head_->prev = &e;
-    head_ = &e;
-    if (!tail_) tail_ = &e;
-    e.in_lru = true;
-    evictable_bytes_ += e.bytes;
-  }
-  void lru_remove(Entry& e) noexcept {
-    if (e.prev)
-      e.prev->next = e.next;
-    else
-      head_ = e.next;
-    if (e.next)
-      e.next->prev = e.prev;
-    else
-      tail_ = e.prev;
-    e.prev = e.next = nullptr;
-    e.in_lru = false;
-    evictable_bytes_ -= e.bytes;
-  }
+  void lru_push_front(Entry& e) noexcept { lru_.push_front(e, e.bytes); }
+  void lru_remove(Entry& e) noexcept { lru_.remove(e); }
 
   static bool in_use(const Entry& e) noexcept { return e.cached.use_count() > 1; }
 
@@ -849,14 +682,14 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     }
   }
 
-  // Moves a resident entry to the graveyard. `g.evicted` must have room (no throw here).
+  // Moves a resident entry to the graveyard, which must have room (no throw here).
   void retire(Entry& e, EvictReason reason, Graveyard& g) noexcept {
     if (e.in_lru) lru_remove(e);
     resident_ -= e.bytes;
     --resident_count_;
     charge_retired(e);
     ++counters_.evictions[static_cast<std::size_t>(reason)];
-    g.evicted.push_back(Evicted{e.shared_from_this(), std::move(e.cached), e.bytes, reason});
+    g.add(Evicted{e.shared_from_this(), std::move(e.cached), e.bytes, reason});
     e.cached.reset();
     e.bytes = 0;
   }
@@ -865,7 +698,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   // `cap` models (0 = no cap). Returns the victims in order and the bytes they free.
   std::size_t plan(std::size_t goal, std::size_t cap, std::vector<Entry*>& victims) const {
     std::size_t freed = 0;
-    for (Entry* e = tail_; e && freed < goal; e = e->prev) {
+    for (Entry* e = lru_.tail(); e && freed < goal; e = LruList<Entry>::newer(*e)) {
       if (cap != 0 && victims.size() >= cap) break;
       if (in_use(*e)) continue;
       victims.push_back(e);
@@ -875,14 +708,15 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   }
 
   std::size_t evict_lru(std::size_t goal, EvictReason reason, std::size_t cap, Graveyard& g) {
-    std::vector<Entry*> victims;
+    std::vector<Entry*>& victims = victims_;
+    victims.clear();
     const std::size_t freed = plan(goal, cap, victims);
     retire_all(victims, reason, g);
     return freed;
   }
 
   void retire_all(const std::vector<Entry*>& victims, EvictReason reason, Graveyard& g) {
-    g.evicted.reserve(g.evicted.size() + victims.size());
+    g.reserve(victims.size());
     for (Entry* e : victims) retire(*e, reason, g);
   }
 
@@ -893,7 +727,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     if (need > budget) return false;
     const std::size_t used = charged();
     const std::size_t deficit = used - (budget - need);  // used + need - budget, no overflow
-    std::vector<Entry*> victims;
+    std::vector<Entry*>& victims = victims_;
+    victims.clear();
     if (plan(deficit, options_.max_evictions_per_call, victims) < deficit) return false;
     retire_all(victims, EvictReason::budget, g);
     return true;
@@ -947,31 +782,22 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
       Entry& e = *kv.second;
       if (!e.op || e.op->owner == me) continue;
       reserved_ -= e.op->reserved;
-      e.op->done = true;
-      e.op->finished.store(true, std::memory_order_release);
+      LoadBoard::abandon_in_child(*e.op);
       e.op.reset();
     }
   }
 
-  // Registers this thread in the wait graph while it waits (see begin_load_wait).
-  struct WaitScope {
-    WaitScope() = default;
-    WaitScope(const WaitScope&) = delete;
-    WaitScope& operator=(const WaitScope&) = delete;
-    ~WaitScope() { end_load_wait(); }
-  };
-
+  // Waits for another thread's load of `key`; throws when that load waits for this thread's.
   void wait_for(const std::shared_ptr<LoadOp>& op, const Key& key) {
-    ModelCacheWait wait;
+    LoadWait wait;
     wait.one = op.get();
-    if (const ModelCacheLoadOpBase* mine = begin_load_wait(std::move(wait))) throw_cycle(key, mine);
-    WaitScope scope;
-    std::unique_lock<std::mutex> lk(wait_mutex_);
-    wait_cv_.wait(lk, [&] { return op->done; });
+    if (const LoadOpBase* mine = begin_load_wait(std::move(wait))) throw_cycle(key, mine);
+    LoadWaitScope scope;
+    board_.wait_done(*op);
   }
 
-  [[noreturn]] void throw_cycle(const Key& key, const ModelCacheLoadOpBase* mine) const {
-    const ModelCacheLoadFrame* f = model_cache_frame_of(mine);
+  [[noreturn]] void throw_cycle(const Key& key, const LoadOpBase* mine) const {
+    const LoadFrame* f = load_frame_of(mine);
     const std::string own = f ? f->describe(f->key) : std::string("a model");
     throw InvalidArgument(
         prefix("get") + describe_cache_key(key) + ": called from the loader of " + own +
@@ -980,11 +806,6 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         ": the two loaders need each other and would wait forever. Load one of the two models "
         "before the other's loader runs (get() it first), or let only one loader depend on the "
         "other");
-  }
-
-  void wait_for_generation(std::uint64_t seen) {
-    std::unique_lock<std::mutex> lk(wait_mutex_);
-    wait_cv_.wait(lk, [&] { return generation_ != seen; });
   }
 
   // The loads of other threads that hold room in the budget (under the lock).
@@ -1002,29 +823,16 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   // them waits, directly or through other waits, for a load of this thread: then returns false
   // at once, since waiting would never end.
   bool wait_for_room(const std::vector<std::shared_ptr<LoadOp>>& others, std::uint64_t seen) {
-    ModelCacheWait wait;
+    LoadWait wait;
     wait.any.reserve(others.size());
     for (const auto& op : others) wait.any.push_back(op.get());
     if (begin_load_wait(std::move(wait))) return false;
-    WaitScope scope;
-    wait_for_generation(seen);
+    LoadWaitScope scope;
+    board_.wait_generation(seen);
     return true;
   }
 
-  void publish(const std::shared_ptr<LoadOp>& op) noexcept {
-    op->finished.store(true, std::memory_order_release);
-    {
-      std::lock_guard<std::mutex> lk(wait_mutex_);
-      op->done = true;
-      ++generation_;
-    }
-    wait_cv_.notify_all();
-  }
-
-  std::uint64_t generation() noexcept {
-    std::lock_guard<std::mutex> lk(wait_mutex_);
-    return generation_;
-  }
+  void publish(const std::shared_ptr<LoadOp>& op) noexcept { board_.publish(*op); }
 
   [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when,
                                  const char* why_not_wait = "") const {
@@ -1037,7 +845,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
           "is larger than the whole budget of " + std::to_string(options_.byte_budget) + " bytes";
     } else {
       msg += "does not fit the budget of " + std::to_string(options_.byte_budget) +
-             " bytes beside " + std::to_string(resident_ - evictable_bytes_) +
+             " bytes beside " + std::to_string(resident_ - lru_.bytes()) +
              " bytes of primary/pinned models, " +
              std::to_string(acct_->retired.load(std::memory_order_acquire)) +
              " bytes held by handles after eviction and " + std::to_string(reserved_) +
@@ -1066,8 +874,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
         entry = it->second;
         Entry& e = *entry;
         if (e.cached) {
-          if (!counted) ++stripes_[0].hits;
-          if (e.in_lru) lru_move_to_front(e);
+          if (!counted) locks_.count_hit_exclusive();
+          if (e.in_lru) lru_.move_to_front(e);
           return e.cached;
         }
         if (!counted) {
@@ -1087,11 +895,11 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
               e.residency == Residency::primary || options_.oversize == OversizePolicy::throw_error;
           if (hint > options_.byte_budget || !make_room(hint, g)) {
             if (!room_wait_is_stuck && hint <= options_.byte_budget &&
-                reserved_ > model_cache_own_reservations(this)) {
+                reserved_ > own_load_reservations(this)) {
               // Other threads' loads hold reservations; retry once one of them finishes. The
               // wait graph is checked with no lock of the cache held (its lock is a leaf).
               const auto others = loads_holding_room();
-              const std::uint64_t gen = generation();
+              const std::uint64_t gen = board_.generation();
               lock.unlock();
               g.finish();
               room_wait_is_stuck = !wait_for_room(others, gen);
@@ -1161,20 +969,6 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     publish(guard.op);
   }
 
-  // Frame of this thread's load stack (see model_cache_own_reservations and throw_cycle).
-  struct LoadFrameScope {
-    ModelCacheLoadFrame frame;
-    LoadFrameScope(const void* core, std::size_t reserved, const LoadOp& op,
-                   const Key& key) noexcept
-        : frame{core, reserved, model_cache_load_frames(),
-                &op,  &key,     &describe_erased_cache_key<Key>} {
-      model_cache_load_frames() = &frame;
-    }
-    ~LoadFrameScope() { model_cache_load_frames() = frame.outer; }
-    LoadFrameScope(const LoadFrameScope&) = delete;
-    LoadFrameScope& operator=(const LoadFrameScope&) = delete;
-  };
-
   Handle run_load(const std::shared_ptr<Entry>& entry, const std::shared_ptr<LoadOp>& op,
                   std::size_t reserved, bool cache_it) noexcept(false) {
     const Entry& e = *entry;
@@ -1189,7 +983,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     Failure error;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      LoadFrameScope frame(this, reserved, *op, e.key);
+      LoadFrameScope frame(this, reserved, *op, &e.key, &describe_erased_cache_key<Key>);
       loaded = e.loader();
       if (!loaded.model)
         throw LoadFailed(prefix("get") + describe_cache_key(e.key) +
@@ -1311,60 +1105,22 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
     return std::string();
   }
 
-  template <class E>
-  [[noreturn]] static void throw_copy_as(const Failure& f) {
-    if (!f.nested) throw E(f.message, f.runtime_code);
-    try {
-      std::rethrow_exception(f.nested);
-    } catch (...) {
-      std::throw_with_nested(E(f.message, f.runtime_code));
-    }
-  }
-
+  // A waiter's own copy of a failure: same type (by ErrorCode), message, runtime code and
+  // nested exception.
   [[noreturn]] static void throw_copy(const Failure& f) {
-    switch (f.code) {
-      case ErrorCode::invalid_argument:
-        throw_copy_as<InvalidArgument>(f);
-      case ErrorCode::out_of_memory:
-        throw_copy_as<OutOfMemory>(f);
-      case ErrorCode::pool_exhausted:
-        throw_copy_as<PoolExhausted>(f);
-      case ErrorCode::no_gpu:
-        throw_copy_as<NoGpu>(f);
-      case ErrorCode::forked_child:
-        throw_copy_as<ForkedChild>(f);
-      case ErrorCode::shutting_down:
-        throw_copy_as<ShuttingDown>(f);
-      case ErrorCode::device_poisoned:
-        throw_copy_as<DevicePoisoned>(f);
-      case ErrorCode::runtime_error:
-        throw_copy_as<RuntimeFailure>(f);
-      case ErrorCode::duplicate_key:
-        throw_copy_as<DuplicateKey>(f);
-      case ErrorCode::unknown_key:
-        throw_copy_as<UnknownKey>(f);
-      case ErrorCode::load_failed:
-        throw_copy_as<LoadFailed>(f);
-      case ErrorCode::budget_exceeded:
-        throw_copy_as<BudgetExceeded>(f);
-      case ErrorCode::timeout:
-        throw_copy_as<Timeout>(f);
-    }
-    throw Error(f.code, f.message, f.runtime_code);
+    throw_error(f.code, f.message, f.runtime_code, f.nested);
   }
 
   ModelCacheOptions options_;
   std::shared_ptr<ModelCacheAccounting> acct_;
-  Stripe stripes_[kStripes];
-  std::mutex lru_mutex_;  // taken under one stripe to apply that stripe's touches
+  Locks locks_;
   // Everything below is guarded by all stripes (Exclusive); the LRU links also by one stripe
-  // plus lru_mutex_.
+  // plus the touch lock (see StripedLocks).
   std::unordered_map<Key, std::shared_ptr<Entry>, Hash> map_;
-  Entry* head_ = nullptr;
-  Entry* tail_ = nullptr;
+  LruList<Entry> lru_;
+  std::vector<Entry*> victims_;  // eviction plans (kept for its capacity)
   std::size_t resident_ = 0;
   std::size_t resident_count_ = 0;
-  std::size_t evictable_bytes_ = 0;
   std::size_t reserved_ = 0;
   bool alive_ = true;
   ModelCacheStats counters_;
@@ -1372,10 +1128,7 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   LogOnce pressure_log_;
   LogOnce prefetch_log_;
   LogOnce callback_log_;
-  // Waiting for loads.
-  std::mutex wait_mutex_;
-  std::condition_variable wait_cv_;
-  std::uint64_t generation_ = 0;
+  LoadBoard board_;  // where waiters of this cache's loads sleep
 };
 
 }  // namespace detail
@@ -1388,8 +1141,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 /// (safe_cuda_empty_cache(), periodic cleanups) evicts nothing, a heavy one (reclaim_all(),
 /// threshold releases) evicts unpinned secondary models LRU-first, shutdown() evicts every
 /// unpinned model.
-template <class Key, class Model, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
-class ModelCache {
+template <class Runtime, class Key, class Model, class Hash = std::hash<Key>>
+class BasicModelCache {
   using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;
 
  public:
@@ -1400,17 +1153,17 @@ class ModelCache {
   using EvictCallback = std::function<void(const Key&, std::size_t, EvictReason)>;
 
   /// Throws InvalidArgument for watermarks outside [0, 1] or out of order, or a negative device.
-  explicit ModelCache(ModelCacheOptions options = {})
+  explicit BasicModelCache(ModelCacheOptions options = {})
       : core_(std::make_shared<Core>(std::move(options))), registration_(core_) {}
 
   /// Drops the cache's references without on_evict callbacks; outstanding handles stay valid.
-  ~ModelCache() {
+  ~BasicModelCache() {
     registration_.reset();
     core_->close();
   }
 
-  ModelCache(const ModelCache&) = delete;
-  ModelCache& operator=(const ModelCache&) = delete;
+  BasicModelCache(const BasicModelCache&) = delete;
+  BasicModelCache& operator=(const BasicModelCache&) = delete;
 
   /// Registers `key`. `size_hint` (bytes, 0 = unknown) is reserved against the budget while the
   /// loader runs; the loader's reported bytes replace it. Throws DuplicateKey, InvalidArgument
@@ -1481,6 +1234,10 @@ class ModelCache {
   std::shared_ptr<Core> core_;
   ReclaimRegistration registration_;
 };
+
+/// The cache on the default runtime (CUDA when built with it, else the CPU runtime).
+template <class Key, class Model, class Hash = std::hash<Key>>
+using ModelCache = BasicModelCache<DefaultRuntime, Key, Model, Hash>;
 
 GPUSAFE_NAMESPACE_END
 

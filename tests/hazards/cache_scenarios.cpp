@@ -24,7 +24,7 @@ struct GpuModel {
 };
 
 template <class Runtime>
-using GpuCache = gs::ModelCache<int, GpuModel<Runtime>, std::hash<int>, Runtime>;
+using GpuCache = gs::BasicModelCache<Runtime, int, GpuModel<Runtime>, std::hash<int>>;
 
 template <class Runtime>
 void register_models(GpuCache<Runtime>& cache, int count) {
@@ -162,7 +162,7 @@ GPUSAFE_HAZARD_SCENARIO(cache_models_destroyed_at_exit) {
 // (4) A forked child uses a cache whose locks a parent thread held at fork time: the locks are
 // re-created, inherited models are dropped with zero runtime calls, host work continues.
 GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(cache_forked_child) {
-  using Cache = gs::ModelCache<int, GpuModel<Runtime>, std::hash<int>, Runtime>;
+  using Cache = gs::BasicModelCache<Runtime, int, GpuModel<Runtime>, std::hash<int>>;
   auto cache = std::make_shared<Cache>(cache_options<Runtime>("forked"));
   register_models(*cache, 6);
   for (int k = 0; k < 4; ++k) (void)cache->get(k);
@@ -186,7 +186,7 @@ GPUSAFE_HAZARD_SCENARIO_FAKE_ONLY(cache_forked_child) {
     cache.reset();
     GPUSAFE_HAZARD_CHECK(FakeRuntime::total_calls() == calls);
     // A cache of host-only models works in the child.
-    gs::ModelCache<int, std::string, std::hash<int>, Runtime> fresh;
+    gs::BasicModelCache<Runtime, int, std::string, std::hash<int>> fresh;
     fresh.add(1, [] { return gs::Loaded<std::string>{std::make_shared<std::string>("x"), 1}; });
     GPUSAFE_HAZARD_CHECK(*fresh.get(1) == "x");
     return 0;

@@ -44,7 +44,7 @@ struct Model {
   std::uint64_t magic = kAlive;
 };
 
-using Cache = gs::ModelCache<int, Model, std::hash<int>, FakeRuntime>;
+using Cache = gs::BasicModelCache<FakeRuntime, int, Model, std::hash<int>>;
 
 class Barrier {
  public:

@@ -1091,7 +1091,7 @@ gs::Loaded<FakeModel> load_fake_model(std::size_t bytes) {
 }
 
 using FakePool = gs::BasicBufferPool<FakeRuntime>;
-using FakeCache = gs::ModelCache<std::string, FakeModel, std::hash<std::string>, FakeRuntime>;
+using FakeCache = gs::BasicModelCache<FakeRuntime, std::string, FakeModel, std::hash<std::string>>;
 
 gs::BufferPoolOptions pool_options(std::size_t bytes, std::size_t count) {
   gs::BufferPoolOptions o;

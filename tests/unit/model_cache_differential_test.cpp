@@ -28,7 +28,7 @@ struct Model {
   int instance;
 };
 
-using Cache = gs::ModelCache<std::string, Model, std::hash<std::string>, FakeRuntime>;
+using Cache = gs::BasicModelCache<FakeRuntime, std::string, Model, std::hash<std::string>>;
 using Event = std::tuple<std::string, std::size_t, int>;
 
 // What every key does when loaded; the test flips `fail_next` before a get.

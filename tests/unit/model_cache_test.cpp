@@ -43,7 +43,7 @@ struct Model {
   std::atomic<int>* live_count;
 };
 
-using Cache = gs::ModelCache<std::string, Model, std::hash<std::string>, FakeRuntime>;
+using Cache = gs::BasicModelCache<FakeRuntime, std::string, Model, std::hash<std::string>>;
 using Event = std::tuple<std::string, std::size_t, gs::EvictReason>;
 
 // Runs `fn` on its own thread and waits at most `limit` for it. On a timeout the thread is left
@@ -595,7 +595,7 @@ struct Reentrant {
 
 TEST_F(ModelCacheTest, ModelDestructorMayCallIntoTheCache) {
   using ReentrantCache =
-      gs::ModelCache<std::string, Reentrant, std::hash<std::string>, FakeRuntime>;
+      gs::BasicModelCache<FakeRuntime, std::string, Reentrant, std::hash<std::string>>;
   ReentrantCache c;
   std::atomic<int> destroyed{0};
   c.add("m", [&] {
@@ -1005,7 +1005,7 @@ std::ostream& operator<<(std::ostream&, const Unprintable&) {
 struct UnprintableHash {
   std::size_t operator()(const Unprintable& k) const { return std::hash<int>()(k.id); }
 };
-using UnprintableCache = gs::ModelCache<Unprintable, int, UnprintableHash, FakeRuntime>;
+using UnprintableCache = gs::BasicModelCache<FakeRuntime, Unprintable, int, UnprintableHash>;
 
 TEST_F(ModelCacheTest, AFailedLoadWhoseKeyCannotBePrintedStillReleasesEveryone) {
   auto c = std::make_shared<UnprintableCache>(budget(100));
@@ -1080,7 +1080,7 @@ TEST_F(ModelCacheTest, ForkWaitsWhileTheCacheListChanges) {
 }
 
 TEST_F(ModelCacheTest, KeysWithoutStreamOperatorWork) {
-  gs::ModelCache<Point, int, PointHash, FakeRuntime> c;
+  gs::BasicModelCache<FakeRuntime, Point, int, PointHash> c;
   c.add({1, 2}, [] { return gs::Loaded<int>{std::make_shared<int>(12), 4}; });
   EXPECT_EQ(*c.get({1, 2}), 12);
   try {
@@ -1171,7 +1171,7 @@ TEST_F(ModelCacheTest, ThrowingEvictCallbackIsLoggedOnceNamingTheKey) {
 }
 
 TEST_F(ModelCacheTest, ThrowingEvictCallbackOfAKeyWithoutStreamOperatorSaysKey) {
-  gs::ModelCache<Point, int, PointHash, FakeRuntime> c;
+  gs::BasicModelCache<FakeRuntime, Point, int, PointHash> c;
   c.add({1, 2}, [] { return gs::Loaded<int>{std::make_shared<int>(12), 4}; });
   c.get({1, 2});
   c.on_evict([](const Point&, std::size_t, gs::EvictReason) { throw 42; });
