@@ -1143,6 +1143,8 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
 /// unpinned model.
 template <class Runtime, class Key, class Model, class Hash = std::hash<Key>>
 class BasicModelCache {
+  GPUSAFE_CHECK_RUNTIME(Runtime);
+
   using Core = detail::ModelCacheCore<Key, Model, Hash, Runtime>;
 
  public:
