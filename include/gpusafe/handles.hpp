@@ -64,9 +64,10 @@ constexpr const char* to_string(ReleaseOutcome o) noexcept {
 
 /// What a traits' destroy() reports.
 struct DestroyResult {
-  Status status;         ///< of the last call (destroy or abort)
-  bool aborted = false;  ///< the handle was aborted rather than destroyed
-  Status cause;          ///< why it was aborted (timeout = not_ready, an asynchronous error)
+  Status status;           ///< of the last call (destroy or abort)
+  bool aborted = false;    ///< the handle was aborted rather than destroyed
+  Status cause;            ///< why it was aborted (timeout = not_ready, an asynchronous error)
+  bool abandoned = false;  ///< exit began during the release: left to the OS, no more calls
 };
 
 namespace detail {
@@ -243,11 +244,13 @@ class BasicGpuHandle {
   }
 
  protected:
-  /// Counts an abort done by a member of a derived type (NcclComm::abort) and empties the handle.
-  void forget_after_abort() noexcept {
+  /// Empties the handle after a derived type released it itself (NcclComm::abort), counting
+  /// an abort when `aborted`, else a failed destroy.
+  void forget_after_abort(bool aborted) noexcept {
     held_ = false;
     detail::untrack_handle(std::exchange(track_id_, 0));
-    detail::counters_of(kind).aborted.fetch_add(1, std::memory_order_relaxed);
+    auto& c = detail::counters_of(kind);
+    (aborted ? c.aborted : c.destroy_failures).fetch_add(1, std::memory_order_relaxed);
   }
 
  private:
@@ -310,6 +313,7 @@ class BasicGpuHandle {
     detail::DeviceSwitch<Runtime> on(device_);  // rule 7: the handle's device, then the caller's
     if (!on.ok()) return failed(detail::note_status(on.status(), device_), "switching device");
     const DestroyResult r = Traits::template destroy<Runtime>(native, params_, poisoned);
+    if (r.abandoned) return leak(LeakReason::exiting);
     const Status s = detail::note_status(r.status, device_);
     if (!s.ok()) return failed(s, r.aborted ? "abort" : Traits::destroy_call);
     if (!r.aborted) {
