@@ -168,6 +168,20 @@ void log_destroy_failure_once(int device, Status s, const char* call) noexcept {
   });
 }
 
+/// Logs, once per kind, that a handle was aborted instead of destroyed and why.
+template <class Traits>
+void log_abort_once(int device, Status cause) noexcept {
+  static LogOnce once;
+  if (!once.first()) return;
+  log_lazy(LogLevel::warning, [&] {
+    return std::string(to_string(Traits::kind)) + " on device " + std::to_string(device) +
+           ": the orderly release did not complete (" +
+           (cause.code == codes::not_ready ? std::string("still in progress when its bound passed")
+                                           : cause.describe()) +
+           "); aborted instead (further aborts of this kind are not logged)";
+  });
+}
+
 }  // namespace detail
 
 /// An owning handle of one GPU resource of the kind Traits describes, on Runtime. Move-only;
@@ -321,7 +335,7 @@ class BasicGpuHandle {
       return ReleaseOutcome::destroyed;
     }
     detail::counters_of(kind).aborted.fetch_add(1, std::memory_order_relaxed);
-    if (!poisoned) detail::log_destroy_failure_once<Traits>(device_, r.cause, "finalize (aborted)");
+    if (!poisoned) detail::log_abort_once<Traits>(device_, r.cause);
     return ReleaseOutcome::aborted;
   }
 
