@@ -128,9 +128,12 @@ class DeviceSwitch {
   Status status_;
 };
 
-/// Throws NoGpu naming why Runtime has no usable GPU ("no driver", "no device visible", ...).
+/// Throws NoGpu naming why Runtime has no usable GPU ("no driver", "no device visible", ...), or
+/// ShuttingDown / ForkedChild when that is why the GPU became unusable.
 template <class Runtime>
 [[noreturn]] void throw_no_gpu(const std::string& what) {
+  // Exit or fork may have begun since the caller's check: say so (ShuttingDown, ForkedChild).
+  if (is_forked_child() || is_exiting()) check_gpu_request(0, what);
   int code = codes::no_device;
   std::string cause;
 #if GPUSAFE_WITH_CUDA
@@ -141,6 +144,8 @@ template <class Runtime>
   }
 #endif
   if (cause.empty()) {
+    BasicRuntimeCallGate<Runtime> gate;     // the exit handler waits for this call
+    if (!gate) check_gpu_request(0, what);  // throws: refused only when exiting or forked
     int count = 0;
     const Status s = Runtime::device_count(count);
     if (!s.ok()) code = s.code;
