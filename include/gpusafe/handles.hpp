@@ -361,6 +361,29 @@ class BasicGpuHandle {
   std::uint64_t track_id_ = 0;
 };
 
+/// Admission for the caller's own runtime calls made with a handle (a kernel launch, a cuBLAS
+/// call, a stream synchronize) on threads that may still run while the process exits:
+///
+///   gpusafe::RuntimeCallScope scope;
+///   if (!scope) return;              // exiting or forked: make no call
+///   cublasSgemm(blas.get(), ...);    // gpusafe's exit handler waits (at most 200 ms) for this
+///
+/// False when the process is exiting or is a forked child. Hold it only around short calls.
+template <class Runtime>
+class BasicRuntimeCallScope {
+ public:
+  BasicRuntimeCallScope() noexcept = default;
+  BasicRuntimeCallScope(const BasicRuntimeCallScope&) = delete;
+  BasicRuntimeCallScope& operator=(const BasicRuntimeCallScope&) = delete;
+  explicit operator bool() const noexcept { return static_cast<bool>(gate_); }
+
+ private:
+  detail::BasicRuntimeCallGate<Runtime> gate_;
+};
+
+/// RuntimeCallScope on the default runtime.
+using RuntimeCallScope = BasicRuntimeCallScope<DefaultRuntime>;
+
 // ---- streams, events, graph executables -----------------------------------------------------
 
 /// cudaStreamNonBlocking: the stream does not synchronize with the legacy null stream.
