@@ -120,3 +120,18 @@ function(gpusafe_add_test)
     TIMEOUT ${arg_TIMEOUT}
     LABELS "${arg_LABELS}")
 endfunction()
+
+# Links the GPU library handle targets that were found (gpusafe::cublas, ...) to `target`, and
+# turns the parts that were not found off (GPUSAFE_WITH_<LIB>=0), so that a header found without
+# its library does not leave undefined symbols. Compiling such a target checks that the library
+# parts of gpusafe/handles/*.hpp build against the headers present.
+function(gpusafe_link_handle_libs target)
+  foreach(_part cublas cufft cudnn nccl)
+    string(TOUPPER "${_part}" _up)
+    if(GPUSAFE_${_up}_FOUND)
+      target_link_libraries(${target} PRIVATE gpusafe::${_part})
+    else()
+      target_compile_definitions(${target} PRIVATE GPUSAFE_WITH_${_up}=0)
+    endif()
+  endforeach()
+endfunction()

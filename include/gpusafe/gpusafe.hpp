@@ -2,8 +2,11 @@
 //
 // Includes every public header the build supports: the core layers, the guards, BufferPool,
 // ModelCache and MemoryManager always, and the LibTorch integration (gpusafe/torch.hpp) only when
-// GPUSAFE_WITH_TORCH is 1 (target gpusafe::torch). The test double FakeRuntime is not included:
-// tests include gpusafe/testing/fake_runtime.hpp themselves.
+// GPUSAFE_WITH_TORCH is 1 (target gpusafe::torch). The handles (streams, events, graphs) and the
+// StreamPool always; the library handles (gpusafe/handles/*.hpp) when the build defines their
+// macro (GPUSAFE_WITH_CUBLAS, ..._CUDNN, ..._CUFFT, ..._NCCL: targets gpusafe::cublas, ...). The
+// test double FakeRuntime is not included: tests include gpusafe/testing/fake_runtime.hpp
+// themselves.
 //
 // Thread safety and teardown: see each header.
 #ifndef GPUSAFE_GPUSAFE_HPP
@@ -14,13 +17,28 @@
 #include "gpusafe/config.hpp"
 #include "gpusafe/error.hpp"
 #include "gpusafe/guards.hpp"
+#include "gpusafe/handles.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/memory_manager.hpp"
 #include "gpusafe/model_cache.hpp"
 #include "gpusafe/reclaim.hpp"
 #include "gpusafe/runtime.hpp"
+#include "gpusafe/stream_pool.hpp"
 #include "gpusafe/version.hpp"
+
+#if defined(GPUSAFE_WITH_CUBLAS) && GPUSAFE_WITH_CUBLAS
+#include "gpusafe/handles/cublas.hpp"
+#endif
+#if defined(GPUSAFE_WITH_CUDNN) && GPUSAFE_WITH_CUDNN
+#include "gpusafe/handles/cudnn.hpp"
+#endif
+#if defined(GPUSAFE_WITH_CUFFT) && GPUSAFE_WITH_CUFFT
+#include "gpusafe/handles/cufft.hpp"
+#endif
+#if defined(GPUSAFE_WITH_NCCL) && GPUSAFE_WITH_NCCL
+#include "gpusafe/handles/nccl.hpp"
+#endif
 
 #if GPUSAFE_WITH_TORCH
 #include "gpusafe/torch.hpp"

@@ -4,6 +4,10 @@
 //   GPUSAFE_EXPECT_CUDA   0 or 1; when not defined, whatever __has_include(<cuda_runtime_api.h>)
 //                         says (gpusafe::gpusafe and a bare include/ copy define nothing)
 //   GPUSAFE_EXPECT_TORCH  0 or 1; 0 when not defined
+//   GPUSAFE_EXPECT_CUBLAS, _CUFFT, _CUDNN, _NCCL  1 when the consumer links that handle part
+//                         (gpusafe::cublas, ...): its macro must be 1 and its handle must be made,
+//                         or refused with NoGpu when there is no usable GPU
+#include <exception>
 #include <gpusafe/gpusafe.hpp>
 #include <iostream>
 
@@ -35,8 +39,42 @@
 #define CONSUMER_NAME "consumer"
 #endif
 
+/// Makes a handle of type H; counts a failure unless it works or there is no GPU to make it on.
+template <class H, class Params>
+int try_handle(const char* name, const Params& params) {
+  try {
+    H handle(params);
+    return 0;
+  } catch (const gpusafe::NoGpu&) {
+    if (!gpusafe::is_cuda_available()) return 0;
+    std::cerr << CONSUMER_NAME << ": " << name << ": NoGpu although CUDA is available\n";
+  } catch (const std::exception& e) {
+    std::cerr << CONSUMER_NAME << ": " << name << ": " << e.what() << "\n";
+  }
+  return 1;
+}
+
+#define CONSUMER_CHECK_HANDLE(PART, Handle, ...)                                                \
+  if (GPUSAFE_WITH_##PART != 1) {                                                               \
+    std::cerr << CONSUMER_NAME << ": GPUSAFE_WITH_" #PART " is not 1 although it was linked\n"; \
+    ++failures;                                                                                 \
+  }                                                                                             \
+  failures += try_handle<gpusafe::Handle>(#Handle, gpusafe::__VA_ARGS__)
+
 int main() {
   int failures = 0;
+#if defined(GPUSAFE_EXPECT_CUBLAS) && GPUSAFE_EXPECT_CUBLAS
+  CONSUMER_CHECK_HANDLE(CUBLAS, CublasHandle, CublasParams{});
+#endif
+#if defined(GPUSAFE_EXPECT_CUFFT) && GPUSAFE_EXPECT_CUFFT
+  CONSUMER_CHECK_HANDLE(CUFFT, CufftPlan, CufftParams{1, {64, 0, 0}, gpusafe::kCufftC2C, 1});
+#endif
+#if defined(GPUSAFE_EXPECT_CUDNN) && GPUSAFE_EXPECT_CUDNN
+  CONSUMER_CHECK_HANDLE(CUDNN, CudnnHandle, CudnnParams{});
+#endif
+#if defined(GPUSAFE_EXPECT_NCCL) && GPUSAFE_EXPECT_NCCL
+  CONSUMER_CHECK_HANDLE(NCCL, NcclComm, NcclParams{});
+#endif
   if (CONSUMER_HAS_CUDA != GPUSAFE_EXPECT_CUDA) {
     std::cerr << CONSUMER_NAME << ": GPUSAFE_WITH_CUDA is " << CONSUMER_HAS_CUDA << ", expected "
               << GPUSAFE_EXPECT_CUDA << "\n";

@@ -80,6 +80,20 @@ gs::Status call_op(FakeOp op) {
       return FakeRuntime::event_record(nullptr, nullptr);
     case FakeOp::event_query:
       return FakeRuntime::event_query(nullptr);
+    case FakeOp::handle_create: {
+      void* h = nullptr;
+      const gs::Status s = FakeRuntime::handle_create(3, &h);
+      if (h) (void)FakeRuntime::handle_destroy(h);
+      return s;
+    }
+    case FakeOp::handle_destroy:
+      return FakeRuntime::handle_destroy(nullptr);
+    case FakeOp::handle_finalize:
+      return FakeRuntime::handle_finalize(nullptr);
+    case FakeOp::handle_query:
+      return FakeRuntime::handle_query(nullptr);
+    case FakeOp::handle_abort:
+      return FakeRuntime::handle_abort(nullptr);
     case FakeOp::count_:
       break;
   }

@@ -12,7 +12,9 @@
 // Streams and events are simulated and belong to the device that was current when they were
 // made, as in CUDA: recording an event on a stream of another device fails with 400. Each device
 // has a null (default) stream, which can be busy like any other: work enqueued on a stream
-// completes when the test says so.
+// completes when the test says so. Handles of handles.hpp (streams, graphs, library handles,
+// communicators) are simulated too (handle_create / handle_destroy / ...), belong to the device
+// current at their creation, and a communicator's finalisation can be made to hang until aborted.
 //
 // Thread safety: all members may be called from any thread. Teardown: its state is leaked on
 // purpose and stays valid; in a forked child its lock is re-created and calls fail with 3, as
@@ -71,14 +73,20 @@ enum class FakeOp : int {
   event_record,
   event_query,
   initialize,
+  handle_create,  ///< a stream, graph, library handle or communicator (handles.hpp)
+  handle_destroy,
+  handle_finalize,  ///< the non-blocking finalisation of a communicator
+  handle_query,     ///< a communicator's asynchronous error (in progress = not_ready)
+  handle_abort,
   count_
 };
 
 constexpr const char* to_string(FakeOp op) noexcept {
   constexpr const char* names[] = {
-      "device_count", "allocate",    "deallocate",        "memory_info",  "synchronize",
-      "get_device",   "set_device",  "device_properties", "event_create", "event_destroy",
-      "event_record", "event_query", "initialize"};
+      "device_count",    "allocate",     "deallocate",        "memory_info",   "synchronize",
+      "get_device",      "set_device",   "device_properties", "event_create",  "event_destroy",
+      "event_record",    "event_query",  "initialize",        "handle_create", "handle_destroy",
+      "handle_finalize", "handle_query", "handle_abort"};
   return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
 }
 
@@ -128,8 +136,24 @@ struct Event {
   std::uint64_t ticket = 0;
 };
 
+/// A simulated handle of handles.hpp (a graph, a library handle, a communicator): it belongs to
+/// the device current at its creation. Streams are simulated by `Stream` above.
+struct Handle {
+  int kind = 0;
+  int device = 0;
+  void* object = nullptr;  // the Stream of a stream handle, else the Handle itself
+  bool finalizing = false;
+  int async_error = 0;
+};
+
+/// The kind value handles.hpp passes for streams (HandleKind::stream).
+constexpr int kStreamHandleKind = 0;
+
 struct State {
   std::mutex mutex;
+  std::unordered_map<void*, Handle*> handles;
+  std::atomic<bool> hang_finalize{false};
+  std::atomic<std::uint64_t> invalid_handle_destroys{0};
   std::atomic<bool> started{false};
   std::atomic<bool> torn_down{false};
   std::atomic<bool> trap_after_teardown{false};
@@ -270,6 +294,8 @@ class FakeRuntime {
     st.invalid_frees.store(0);
     st.trap_after_teardown.store(false);
     st.protect_device.store(false);
+    st.hang_finalize.store(false);
+    st.invalid_handle_destroys.store(0);
     for (auto& ns : st.null_streams) ns.completed.store(ns.enqueued.load());
     detail_fake::current_device = 0;
   }
@@ -378,6 +404,39 @@ class FakeRuntime {
   static int stream_device(StreamHandle s) noexcept { return detail_fake::stream_of(s)->device; }
   static int event_device(EventHandle e) noexcept {
     return e ? static_cast<detail_fake::Event*>(e)->device : -1;
+  }
+
+  // ---- simulated handles (handles.hpp) ------------------------------------------------------
+
+  /// Communicators never finish finalising (handle_query answers not_ready) until aborted, as an
+  /// NCCL communicator whose peer died: a bounded destroy must give up and abort.
+  static void hang_handle_finalize(bool on = true) noexcept { state().hang_finalize.store(on); }
+  /// The next handle_query() of `handle` answers `code` (an asynchronous error), until cleared
+  /// with 0. Unknown handles are ignored.
+  static void set_handle_async_error(void* handle, int code) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const auto it = st.handles.find(handle);
+    if (it != st.handles.end()) it->second->async_error = code;
+  }
+  /// Handles created and not yet destroyed or aborted (of `kind`, or of every kind with -1).
+  static std::size_t live_handles(int kind = -1) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    std::size_t n = 0;
+    for (const auto& h : st.handles) n += (kind < 0 || h.second->kind == kind) ? 1 : 0;
+    return n;
+  }
+  /// The device a live handle belongs to, or -1.
+  static int handle_device(void* handle) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const auto it = st.handles.find(handle);
+    return it == st.handles.end() ? -1 : it->second->device;
+  }
+  /// handle_destroy() or handle_abort() of a handle that is not live (a double destroy).
+  static std::uint64_t invalid_handle_destroys() noexcept {
+    return state().invalid_handle_destroys.load();
   }
 
   // ---- the Runtime concept -------------------------------------------------------------------
@@ -498,6 +557,45 @@ class FakeRuntime {
     });
   }
 
+  /// Creates a handle of `kind` (a HandleKind value of handles.hpp) on the current device. A
+  /// stream handle is a simulated stream (usable with event_record); others are opaque.
+  static Status handle_create(int kind, void** out) noexcept {
+    *out = nullptr;
+    return finish(FakeOp::handle_create, -1, [&] { return do_handle_create(kind, out); });
+  }
+  static Status handle_destroy(void* handle) noexcept {
+    return finish(FakeOp::handle_destroy, -1, [&] { return do_handle_release(handle); });
+  }
+  /// Starts a communicator's finalisation; it is in progress (not_ready) until handle_query says
+  /// otherwise.
+  static Status handle_finalize(void* handle) noexcept {
+    return finish(FakeOp::handle_finalize, -1, [&] {
+      State& st = state();
+      std::lock_guard<std::mutex> lock(st.mutex);
+      const auto it = st.handles.find(handle);
+      if (it == st.handles.end()) return codes::invalid_resource_handle;
+      it->second->finalizing = true;
+      return codes::not_ready;
+    });
+  }
+  /// A communicator's state: its asynchronous error, not_ready while a finalisation hangs,
+  /// success otherwise.
+  static Status handle_query(void* handle) noexcept {
+    return finish(FakeOp::handle_query, -1, [&] {
+      State& st = state();
+      std::lock_guard<std::mutex> lock(st.mutex);
+      const auto it = st.handles.find(handle);
+      if (it == st.handles.end()) return codes::invalid_resource_handle;
+      if (it->second->async_error != 0) return it->second->async_error;
+      if (it->second->finalizing && st.hang_finalize.load()) return codes::not_ready;
+      return codes::success;
+    });
+  }
+  /// Aborts a communicator (frees it whatever state it is in).
+  static Status handle_abort(void* handle) noexcept {
+    return finish(FakeOp::handle_abort, -1, [&] { return do_handle_release(handle); });
+  }
+
  private:
   static State& state() noexcept { return detail_fake::state(); }
 
@@ -516,6 +614,52 @@ class FakeRuntime {
     int code = detail_fake::enter(op);
     if (code == 0) code = body();
     return gpusafe::detail::note_status({code}, device < 0 ? detail_fake::current_device : device);
+  }
+
+  static int do_handle_create(int kind, void** out) noexcept {
+    State& st = state();
+    auto* h = new (std::nothrow) detail_fake::Handle();
+    if (!h) return codes::memory_allocation;
+    h->kind = kind;
+    h->device = detail_fake::current_device;
+    h->object = h;
+    if (kind == detail_fake::kStreamHandleKind) {
+      auto* stream = new (std::nothrow) detail_fake::Stream();
+      if (!stream) {
+        delete h;
+        return codes::memory_allocation;
+      }
+      stream->device = h->device;
+      h->object = stream;
+    }
+    std::lock_guard<std::mutex> lock(st.mutex);
+    try {
+      st.handles.emplace(h->object, h);
+    } catch (...) {
+      if (h->object != h) delete static_cast<detail_fake::Stream*>(h->object);
+      delete h;
+      return codes::memory_allocation;
+    }
+    *out = h->object;
+    return codes::success;
+  }
+
+  static int do_handle_release(void* handle) noexcept {
+    State& st = state();
+    detail_fake::Handle* h = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(st.mutex);
+      const auto it = st.handles.find(handle);
+      if (it == st.handles.end()) {
+        st.invalid_handle_destroys.fetch_add(1);
+        return codes::invalid_resource_handle;
+      }
+      h = it->second;
+      st.handles.erase(it);
+    }
+    if (h->object != h) delete static_cast<detail_fake::Stream*>(h->object);
+    delete h;
+    return codes::success;
   }
 
   static int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
