@@ -39,8 +39,8 @@ function(_gpusafe_define_torch_target cuda_found cuda_mode links_cuda_var)
   elseif(_links_cuda)
     set(_summary "with CUDA (${_what}, but GPUSAFE_WITH_CUDA=ON asks for CUDA)")
   elseif(cuda_found)
-    set(_summary "without CUDA (${_what}; the CUDA Toolkit is not linked, no libcudart needed at "
-                 "run time; GPUSAFE_WITH_CUDA=ON links it anyway)")
+    string(CONCAT _summary "without CUDA (${_what}; the CUDA Toolkit is not linked, no "
+                  "libcudart needed at run time; GPUSAFE_WITH_CUDA=ON links it anyway)")
   elseif(_torch_cuda)
     set(_summary "without gpusafe's CUDA parts (${_what}, but gpusafe's CUDA is off or not found)")
   else()
