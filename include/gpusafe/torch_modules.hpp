@@ -80,6 +80,12 @@ struct HolderContained<
   using type = typename T::ContainedType;
 };
 
+/// Keeps a parameter out of template argument deduction (get_module(cache, "literal")).
+template <class T>
+struct NotDeduced {
+  using type = T;
+};
+
 template <class T, class = void>
 struct IsModuleHolder : std::false_type {};
 template <class T>
@@ -386,7 +392,8 @@ std::function<Loaded<torch::nn::Module>()> as_module_loader(Loader loader) {
 ///   auto generator = gpusafe::get_module<Generator>(models, "generator");
 ///   torch::Tensor fake = generator->forward(noise);
 template <class T, class Key, class Hash, class Runtime>
-auto get_module(ModelCache<Key, torch::nn::Module, Hash, Runtime>& cache, const Key& key) {
+auto get_module(ModelCache<Key, torch::nn::Module, Hash, Runtime>& cache,
+                const typename detail::NotDeduced<Key>::type& key) {
   using Module = LoadedModuleType<T>;
   static_assert(std::is_base_of_v<torch::nn::Module, Module>,
                 "get_module<T>: T must be a torch::nn::Module subclass or a holder");

@@ -284,27 +284,26 @@ TEST(TorchModuleCache, ModulesOfSeveralTypesWithTypedAccess) {
   models.add("discriminator", gs::as_module_loader(gs::checkpoint_or_fresh_loader<Discriminator>(
                                   dir.file("disc.pt"), [] { return Discriminator(); })));
 
-  Generator g = gs::get_module<Generator>(models, std::string("generator"));
+  Generator g = gs::get_module<Generator>(models, "generator");
   ASSERT_FALSE(g.is_empty());
   EXPECT_TRUE(same_parameters(*g, *saved_gen));
-  std::shared_ptr<DiscriminatorImpl> d =
-      gs::get_module<DiscriminatorImpl>(models, std::string("discriminator"));
+  std::shared_ptr<DiscriminatorImpl> d = gs::get_module<DiscriminatorImpl>(models, "discriminator");
   ASSERT_NE(d, nullptr);
-  EXPECT_EQ(g.ptr().get(), gs::get_module<GeneratorImpl>(models, std::string("generator")).get())
+  EXPECT_EQ(g.ptr().get(), gs::get_module<GeneratorImpl>(models, "generator").get())
       << "the holder shares the cached module";
   torch::Tensor score = d->forward(g->forward(torch::randn({2, 4})));
   EXPECT_EQ(score.sizes(), torch::IntArrayRef({2, 1}));
   EXPECT_EQ(models.stats().bytes_resident, gs::module_bytes(g) + gs::module_bytes(d));
 
   try {
-    (void)gs::get_module<Discriminator>(models, std::string("generator"));
+    (void)gs::get_module<Discriminator>(models, "generator");
     FAIL() << "no exception";
   } catch (const gs::InvalidArgument& e) {
     const std::string m = e.what();
     EXPECT_NE(m.find("GeneratorImpl"), std::string::npos) << m;
     EXPECT_NE(m.find("DiscriminatorImpl"), std::string::npos) << m;
   }
-  EXPECT_THROW((void)gs::get_module<Generator>(models, std::string("nope")), gs::UnknownKey);
+  EXPECT_THROW((void)gs::get_module<Generator>(models, "nope"), gs::UnknownKey);
 }
 
 }  // namespace
