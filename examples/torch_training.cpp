@@ -211,8 +211,11 @@ int main() {
   std::remove(paths.generator.c_str());
   std::remove(paths.discriminator.c_str());
   ::rmdir(dir.c_str());
-  if (stop.requested()) std::printf("Stopped by signal %d after saving.\n", stop.signal());
   if (failures != 0) return 1;
-  std::printf("Trained, checkpointed, restored and trained again; exiting normally.\n");
-  return 0;
+  if (stop.requested()) {
+    std::printf("Stopped by signal %d; checkpoints saved, exiting normally.\n", stop.signal());
+  } else {
+    std::printf("Trained, checkpointed, restored and trained again; exiting normally.\n");
+  }
+  return 0;  // not exit() from a signal handler: every cleanup runs
 }
