@@ -1,8 +1,9 @@
 # Shared helpers for gpusafe's tests, examples and benchmarks (never used by consumers).
 #
 #   GPUSAFE_TEST_TARGET    the gpusafe target test code links: gpusafe::torch when LibTorch is
-#                          enabled, else gpusafe::cuda when the CUDA Toolkit is, else
-#                          gpusafe::gpusafe.
+#                          enabled (and has CUDA, or CUDA is off), else gpusafe::cuda when the
+#                          CUDA Toolkit is, else gpusafe::gpusafe. torch_* files always get
+#                          GPUSAFE_TORCH_TEST_TARGET (gpusafe::torch).
 #   GPUSAFE_WARNING_FLAGS  the warnings every in-tree target compiles with (-Werror included).
 #   gpusafe_add_test(NAME name SOURCES src... [LABELS l...] [TIMEOUT s] [NO_MAIN]
 #                    [TARGET gpusafe-target] [LIBRARIES l...])
@@ -11,13 +12,33 @@
 #     executable).
 include_guard(GLOBAL)
 
-if(GPUSAFE_TORCH_FOUND)
+# gpusafe::torch links gpusafe::cuda only when LibTorch has CUDA (or GPUSAFE_WITH_CUDA=ON); with a
+# CPU-only LibTorch in a CUDA build, the tests that do not need LibTorch keep gpusafe::cuda and
+# the torch_* ones get gpusafe::torch (GPUSAFE_TORCH_TEST_TARGET).
+if(GPUSAFE_TORCH_FOUND AND (GPUSAFE_TORCH_LINKS_CUDA OR NOT GPUSAFE_CUDA_FOUND))
   set(GPUSAFE_TEST_TARGET gpusafe::torch)
 elseif(GPUSAFE_CUDA_FOUND)
   set(GPUSAFE_TEST_TARGET gpusafe::cuda)
 else()
   set(GPUSAFE_TEST_TARGET gpusafe::gpusafe)
 endif()
+set(GPUSAFE_TORCH_TEST_TARGET "")
+if(GPUSAFE_TORCH_FOUND)
+  set(GPUSAFE_TORCH_TEST_TARGET gpusafe::torch)
+endif()
+
+# Sets out_var to GPUSAFE_TORCH_TEST_TARGET when one of the files is a torch_* one, else to
+# GPUSAFE_TEST_TARGET.
+function(gpusafe_target_for_sources out_var)
+  set(_target ${GPUSAFE_TEST_TARGET})
+  foreach(_f IN LISTS ARGN)
+    get_filename_component(_name "${_f}" NAME)
+    if(_name MATCHES "^torch_" AND GPUSAFE_TORCH_TEST_TARGET)
+      set(_target ${GPUSAFE_TORCH_TEST_TARGET})
+    endif()
+  endforeach()
+  set(${out_var} ${_target} PARENT_SCOPE)
+endfunction()
 
 set(GPUSAFE_WARNING_FLAGS -Wall -Wextra -Werror -Wundef)
 
@@ -110,7 +131,7 @@ function(gpusafe_add_test)
     target_link_libraries(${arg_NAME} PRIVATE GTest::gtest_main)
   endif()
   if(NOT arg_TARGET)
-    set(arg_TARGET ${GPUSAFE_TEST_TARGET})
+    gpusafe_target_for_sources(arg_TARGET ${arg_SOURCES})
   endif()
   target_link_libraries(${arg_NAME} PRIVATE ${arg_TARGET} ${arg_LIBRARIES})
   gpusafe_target_warnings(${arg_NAME})

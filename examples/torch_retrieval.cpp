@@ -35,10 +35,7 @@ using Encoder = torch::nn::LinearImpl;
 using Cache = gs::ModelCache<std::string, Encoder>;
 
 /// Where the tensors live: the GPU when both gpusafe and LibTorch can use one.
-c10::Device compute_device() {
-  if (gs::is_cuda_available() && torch::cuda::is_available()) return c10::Device(c10::kCUDA, 0);
-  return c10::Device(c10::kCPU);
-}
+c10::Device compute_device() { return gs::torch_device(); }
 
 class Retriever {
  public:
@@ -77,11 +74,10 @@ class Retriever {
 
  private:
   static gs::BufferPoolOptions pool_options(std::int64_t documents) {
-    gs::BufferPoolOptions o;
-    o.kind = compute_device().is_cuda() ? gs::MemoryKind::device : gs::MemoryKind::host;
-    o.classes = {{static_cast<std::size_t>(documents) * kEmbedding * sizeof(float), 1}};
-    o.name = "embeddings";
-    return o;
+    // Device memory when the model runs on a GPU, host memory otherwise.
+    return gs::pool_options_for(
+        compute_device(), {{static_cast<std::size_t>(documents) * kEmbedding * sizeof(float), 1}},
+        "embeddings");
   }
 
   at::Tensor embed(const at::Tensor& x) const {
@@ -157,7 +153,8 @@ int main() {
   static Cache cache(cache_options);
   cache.add("encoder",
             gs::torch_module_loader<torch::nn::Linear>(
-                model_path, [] { return torch::nn::Linear(kFeatures, kEmbedding); }, device),
+                model_path, [] { return torch::nn::Linear(kFeatures, kEmbedding); }, device,
+                gs::ModuleMode::eval),  // inference: evaluation mode
             gs::Residency::primary);
   std::shared_ptr<Encoder> encoder = cache.get("encoder");
   std::printf("Loaded 'encoder' through the cache: %zu bytes resident (expected %d)\n",

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/detail/deferred_actions.hpp"
 #include "gpusafe/lifecycle.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -93,27 +94,6 @@ inline void log_release_failure(const char* who, const char* call, int device, S
 
 // ---- SafeCudaCleanup ------------------------------------------------------------------------
 
-namespace detail {
-
-// Deferred actions are type-erased here rather than in std::function: a std:: template
-// instantiated on a caller's lambda gets default visibility even under -fvisibility=hidden, so
-// two shared libraries with the same lambda would share one copy and run each other's code
-// (rule 10). These types live in gpusafe's namespace and follow the library's visibility.
-struct DeferredActionBase {
-  virtual ~DeferredActionBase() = default;
-  virtual void run() = 0;
-};
-
-template <class F>
-struct DeferredAction final : DeferredActionBase {
-  template <class G>
-  explicit DeferredAction(G&& g) : f(std::forward<G>(g)) {}
-  void run() override { f(); }
-  F f;
-};
-
-}  // namespace detail
-
 /// What a SafeCudaCleanup does at scope exit, after its deferred actions.
 struct SafeCudaCleanupOptions {
   /// Wait for the device's work to finish (skipped without a GPU or on a poisoned device).
@@ -150,11 +130,13 @@ class BasicSafeCudaCleanup {
   /// Adds an action (any callable with no arguments, move-only ones included) to run at scope
   /// exit; the last added runs first. Acquire side: storing the action may throw std::bad_alloc
   /// (or what F's move throws), in which case it is not registered and nothing else changes.
+  ///
+  /// The first three actions whose callable is at most 48 bytes (a lambda capturing up to six
+  /// references or pointers) are stored inside the guard, with no heap allocation; others take
+  /// one allocation each.
   template <class F>
   BasicSafeCudaCleanup& defer(F&& f) {
-    using Action = detail::DeferredAction<std::decay_t<F>>;
-    std::unique_ptr<detail::DeferredActionBase> action(new Action(std::forward<F>(f)));
-    actions_.push_back(std::move(action));  // on bad_alloc, `action` still owns it and frees it
+    actions_.push<std::decay_t<F>>(std::forward<F>(f));
     return *this;
   }
 
@@ -177,11 +159,9 @@ class BasicSafeCudaCleanup {
     std::size_t failures = 0;
     std::string first_failure;
     while (!actions_.empty()) {
-      // Moved out first so that an action may safely call defer() or dismiss() on this guard.
-      std::unique_ptr<detail::DeferredActionBase> action = std::move(actions_.back());
-      actions_.pop_back();
+      // run_top() takes the action off first, so it may call defer() or dismiss() on this guard.
       try {
-        action->run();
+        (void)actions_.run_top();
       } catch (const std::exception& e) {
         if (failures++ == 0) first_failure = copy_or_empty(e.what());
       } catch (...) {
@@ -226,7 +206,7 @@ class BasicSafeCudaCleanup {
 
   Options options_{};
   bool dismissed_ = false;
-  std::vector<std::unique_ptr<detail::DeferredActionBase>> actions_;
+  detail::DeferredActionStack actions_;
 };
 
 /// SafeCudaCleanup on the default runtime (CUDA when compiled in and usable, else the host).

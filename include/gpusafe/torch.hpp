@@ -6,8 +6,10 @@
 // - as_tensor(lease, sizes, dtype): a zero-copy tensor over a BufferLease; the buffer returns to
 //   its pool when the last tensor sharing the storage dies.
 // - module_bytes(module): bytes of parameters and buffers, for ModelCache budgets.
-// - torch_module_loader<M>(path) and torchscript_loader(path): ModelCache loaders for files
-//   written by torch::save and by TorchScript (torch::jit::Module::save).
+// - Through gpusafe/torch_modules.hpp (included at the end): ModelCache loaders for torch::save
+//   and TorchScript files (the module's train/eval mode chosen by the caller), a loader that
+//   restores a checkpoint or builds a fresh module, save_checkpoint, torch_device(),
+//   pool_options_for(device), and ModuleCache / get_module for modules of several types.
 // - A Reclaimable for LibTorch's CUDA caching allocator, registered once per process, so that
 //   safe_cuda_empty_cache(), shutdown() and MemoryManager reach it (a no-op without CUDA).
 // - torch_cuda_agreement(): gpusafe's and LibTorch's views of CUDA side by side.
@@ -465,140 +467,6 @@ inline std::size_t module_bytes(const torch::jit::Module& module) {
   return detail::jit_module_holds(module) ? detail::module_tensor_bytes(module) : 0;
 }
 
-// ---- loaders --------------------------------------------------------------------------------
-
-namespace detail {
-
-template <class T, class = void>
-struct HolderContained {
-  using type = T;
-};
-template <class T>
-struct HolderContained<
-    T, std::enable_if_t<std::is_base_of_v<torch::nn::ModuleHolder<typename T::ContainedType>, T>>> {
-  using type = typename T::ContainedType;
-};
-
-/// Throws LoadFailed when `path` cannot be opened for reading.
-inline void check_readable(const std::string& path, const std::string& what) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0)
-    throw LoadFailed(what + ": file '" + path + "' does not exist or cannot be reached (" +
-                     std::strerror(errno) + "); check the path");
-  if (S_ISDIR(st.st_mode))
-    throw LoadFailed(what + ": '" + path + "' is a directory; give the model file");
-  std::ifstream probe(path, std::ios::binary);
-  if (!probe)
-    throw LoadFailed(what + ": file '" + path +
-                     "' cannot be opened for reading; check permissions");
-}
-
-/// The first line of an exception's message (LibTorch appends long backtraces).
-inline std::string first_line(const char* message) {
-  std::string s = message ? message : "";
-  const auto eol = s.find('\n');
-  if (eol != std::string::npos) s.resize(eol);
-  return s;
-}
-
-template <class Module>
-std::shared_ptr<Module> to_shared(std::shared_ptr<Module> p) {
-  return p;
-}
-template <class M>
-std::shared_ptr<M> to_shared(const torch::nn::ModuleHolder<M>& h) {
-  return h.ptr();
-}
-
-}  // namespace detail
-
-/// The module type a loader for M produces: M's contained type for a holder (torch::nn::Linear ->
-/// torch::nn::LinearImpl), M itself for a Module subclass.
-template <class M>
-using LoadedModuleType = typename detail::HolderContained<M>::type;
-
-/// A ModelCache loader for a file written by torch::save(module, path). `make` builds an empty
-/// module of the same architecture (returning M, a holder, or a std::shared_ptr to the module);
-/// the file's parameters and buffers are loaded into it, it is moved to `device` and put in
-/// evaluation mode. The loader throws LoadFailed naming the file and the reason when the file is
-/// missing, unreadable, corrupt or of another architecture.
-///
-///   cache.add("encoder", gpusafe::torch_module_loader<torch::nn::Linear>(
-///       "/models/encoder.pt", [] { return torch::nn::Linear(512, 128); }));
-template <class M, class Factory, class = std::enable_if_t<std::is_invocable_v<Factory&>>>
-std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string path, Factory make,
-                                                                 c10::Device device = c10::kCPU) {
-  using Module = LoadedModuleType<M>;
-  static_assert(std::is_base_of_v<torch::nn::Module, Module>,
-                "torch_module_loader<M>: M must be a torch::nn::Module subclass or a holder");
-  return [path = std::move(path), make = std::move(make), device]() -> Loaded<Module> {
-    const std::string what = "torch_module_loader('" + path + "')";
-    detail::check_readable(path, what);
-    std::shared_ptr<Module> module;
-    try {
-      module = detail::to_shared(make());
-    } catch (const std::exception& e) {
-      throw LoadFailed(what +
-                       ": building the empty module failed: " + detail::first_line(e.what()));
-    }
-    if (!module) throw LoadFailed(what + ": the module factory returned an empty module");
-    try {
-      torch::serialize::InputArchive archive;
-      archive.load_from(path);
-      module->load(archive);
-    } catch (const std::exception& e) {
-      throw LoadFailed(what +
-                       ": the file is not a torch::save archive of this module (corrupt, "
-                       "truncated, or another architecture): " +
-                       detail::first_line(e.what()));
-    }
-    try {
-      module->to(device);
-      module->eval();
-    } catch (const std::exception& e) {
-      throw LoadFailed(what + ": moving the module to " + device.str() +
-                       " failed: " + detail::first_line(e.what()));
-    }
-    Loaded<Module> loaded;
-    loaded.bytes = module_bytes(*module);
-    loaded.model = std::move(module);
-    return loaded;
-  };
-}
-
-/// torch_module_loader for a default-constructible module type M.
-template <class M>
-std::function<Loaded<LoadedModuleType<M>>()> torch_module_loader(std::string path,
-                                                                 c10::Device device = c10::kCPU) {
-  return torch_module_loader<M>(
-      std::move(path), [] { return std::make_shared<LoadedModuleType<M>>(); }, device);
-}
-
-/// A ModelCache loader for a TorchScript file (torch::jit::load), mapped onto `device` and put in
-/// evaluation mode. Throws LoadFailed naming the file and the reason when the file is missing,
-/// unreadable or not a TorchScript archive.
-inline std::function<Loaded<torch::jit::Module>()> torchscript_loader(
-    std::string path, c10::Device device = c10::kCPU) {
-  return [path = std::move(path), device]() -> Loaded<torch::jit::Module> {
-    const std::string what = "torchscript_loader('" + path + "')";
-    detail::check_readable(path, what);
-    std::shared_ptr<torch::jit::Module> module;
-    try {
-      module = std::make_shared<torch::jit::Module>(torch::jit::load(path, device));
-      module->eval();
-    } catch (const std::exception& e) {
-      throw LoadFailed(what +
-                       ": the file is not a loadable TorchScript archive (corrupt, "
-                       "truncated, or written by torch::save instead): " +
-                       detail::first_line(e.what()));
-    }
-    Loaded<torch::jit::Module> loaded;
-    loaded.bytes = module_bytes(*module);
-    loaded.model = std::move(module);
-    return loaded;
-  };
-}
-
 // ---- LibTorch's CUDA caching allocator ------------------------------------------------------
 
 /// Empties LibTorch's CUDA caching allocator on reclaim (ReclaimCost::framework_cache) and reports
@@ -753,5 +621,8 @@ inline TorchCudaAgreement torch_cuda_agreement() {
 }
 
 GPUSAFE_NAMESPACE_END
+
+// Loaders, device choice and the cache of modules of several types.
+#include "gpusafe/torch_modules.hpp"
 
 #endif  // GPUSAFE_TORCH_HPP

@@ -431,7 +431,11 @@ TEST(TorchLoaders, TorchModuleLoaderRoundTrip) {
   EXPECT_EQ(loaded.bytes, kLinear10x5Bytes);
   EXPECT_TRUE(torch::equal(loaded.model->weight, saved->weight));
   EXPECT_TRUE(torch::equal(loaded.model->bias, saved->bias));
-  EXPECT_FALSE(loaded.model->is_training());
+  EXPECT_TRUE(loaded.model->is_training());  // ModuleMode::keep: as torch::load leaves it
+
+  auto for_inference = gs::torch_module_loader<torch::nn::Linear>(
+      path, [] { return torch::nn::Linear(10, 5); }, torch::kCPU, gs::ModuleMode::eval);
+  EXPECT_FALSE(for_inference().model->is_training());
 }
 
 TEST(TorchLoaders, DefaultConstructibleModuleThroughTheCache) {
