@@ -366,7 +366,7 @@ inline BufferPoolOptions pool_options_for(const c10::Device& device, std::vector
 /// encoder and a ranker): handles are std::shared_ptr<torch::nn::Module>; get_module<T> gives one
 /// back as its own type. Add typed loaders through as_module_loader().
 template <class Key, class Hash = std::hash<Key>, class Runtime = DefaultRuntime>
-using ModuleCache = ModelCache<Key, torch::nn::Module, Hash, Runtime>;
+using ModuleCache = BasicModelCache<Runtime, Key, torch::nn::Module, Hash>;
 
 /// Adapts a loader of a concrete module type (torch_module_loader, checkpoint_or_fresh_loader or
 /// any callable returning Loaded<SomeModule>) to a ModuleCache.
@@ -392,7 +392,7 @@ std::function<Loaded<torch::nn::Module>()> as_module_loader(Loader loader) {
 ///   auto generator = gpusafe::get_module<Generator>(models, "generator");
 ///   torch::Tensor fake = generator->forward(noise);
 template <class T, class Key, class Hash, class Runtime>
-auto get_module(ModelCache<Key, torch::nn::Module, Hash, Runtime>& cache,
+auto get_module(BasicModelCache<Runtime, Key, torch::nn::Module, Hash>& cache,
                 const typename detail::NotDeduced<Key>::type& key) {
   using Module = LoadedModuleType<T>;
   static_assert(std::is_base_of_v<torch::nn::Module, Module>,
