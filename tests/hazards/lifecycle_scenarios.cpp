@@ -24,7 +24,8 @@ constexpr bool kRegistersExitHandler = kIsFake<Runtime> || GPUSAFE_WITH_CUDA;
 // The property under test: the runtime is never seen torn down while the flag is still clear.
 template <class Runtime>
 void check_flag_precedes_teardown() {
-  if (kIsFake<Runtime>) GPUSAFE_HAZARD_CHECK(!FakeRuntime::torn_down() || gs::process_is_exiting<Runtime>());
+  if (kIsFake<Runtime>)
+    GPUSAFE_HAZARD_CHECK(!FakeRuntime::torn_down() || gs::process_is_exiting<Runtime>());
 }
 
 // What code that runs after the runtime's teardown must see.
