@@ -187,15 +187,21 @@ TEST(BufferPoolStress, GrowAndTrimRaceWithAcquires) {
   gs::BasicBufferPool<FakeRuntime> pool(o);
   const int threads = 4;
   const std::uint64_t ops = scaled(400'000) / threads;
+  const std::uint64_t phase = std::max<std::uint64_t>(ops / 8, 64);  // 4 rounds of hold, let go
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> corrupted{0}, got{0}, refused{0};
-  std::size_t most_slabs = 0;
+  std::atomic<std::size_t> most_slabs{0};
+  auto note_slabs = [&](std::size_t slabs) {
+    std::size_t seen = most_slabs.load();
+    while (slabs > seen && !most_slabs.compare_exchange_weak(seen, slabs)) {
+    }
+  };
   std::thread trimmer([&] {
     while (!stop.load()) {
       (void)pool.trim();
       const auto st = pool.stats();
       if (st.totals.bytes_reserved > o.max_bytes) corrupted.fetch_add(1);
-      most_slabs = std::max(most_slabs, st.totals.slabs);
+      note_slabs(st.totals.slabs);
       std::this_thread::yield();
     }
   });
@@ -207,8 +213,10 @@ TEST(BufferPoolStress, GrowAndTrimRaceWithAcquires) {
       std::vector<gs::BufferLease> held;
       for (std::uint64_t i = 0; i < ops; ++i) {
         const std::uint64_t r = rng.next();
-        // Hold up to 12 buffers: 4 threads outgrow the first slabs, then let them go idle.
-        if (held.size() < ((i / 5000) % 2 ? 12u : 2u)) {
+        // Hold up to 27 buffers, then 2: 27 leases of 3 sizes hold at least 9 of one class, one
+        // more than its first slab has, so one thread alone makes a class grow whatever the
+        // scheduling; the grown slabs then go idle for the trimmer.
+        if (held.size() < ((i / phase) % 2 ? 27u : 2u)) {
           gs::BufferLease l = pool.try_acquire(kSizes[r % 3]);
           if (!l) {
             refused.fetch_add(1, std::memory_order_relaxed);
@@ -217,6 +225,7 @@ TEST(BufferPoolStress, GrowAndTrimRaceWithAcquires) {
           got.fetch_add(1, std::memory_order_relaxed);
           std::memcpy(l.data(), &mark, sizeof mark);
           held.push_back(std::move(l));
+          if (held.size() == 27) note_slabs(pool.stats().totals.slabs);  // a grown slab is held
         } else {
           const std::size_t k = (r >> 8) % held.size();
           std::uint64_t seen = 0;
@@ -232,7 +241,7 @@ TEST(BufferPoolStress, GrowAndTrimRaceWithAcquires) {
   stop.store(true);
   trimmer.join();
   EXPECT_EQ(corrupted.load(), 0u) << "two owners wrote the same buffer, or max_bytes was passed";
-  EXPECT_GT(most_slabs, 3u) << "the classes grew";
+  EXPECT_GT(most_slabs.load(), 3u) << "the classes grew";
   const auto st = pool.stats();
   EXPECT_EQ(st.totals.in_use, 0u);
   EXPECT_EQ(st.totals.acquires, got.load());

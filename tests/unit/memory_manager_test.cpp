@@ -919,6 +919,24 @@ void churn_thread_stacks() {
   }
 }
 
+/// A resource that keeps no lock: a forked child may reclaim from it whatever the parent's
+/// threads were doing. (A resource with a lock of its own must rebuild it in the child, rule 5:
+/// the Recorder above does not, and a child forked while a parent thread was inside its
+/// reclaim() would wait on that lock forever.)
+class LockFreeResource : public gs::Reclaimable {
+ public:
+  std::size_t reclaim(const gs::ReclaimRequest&) noexcept override {
+    calls_.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  gs::ReclaimCost reclaim_cost() const noexcept override { return gs::ReclaimCost::idle_memory; }
+  const char* reclaimable_name() const noexcept override { return "lock-free"; }
+  gs::ResourceUsage usage() const noexcept override { return {}; }
+
+ private:
+  std::atomic<std::uint64_t> calls_{0};
+};
+
 /// A manager with a running timer, forked while the timer and three more threads work; the
 /// child does threaded work of its own, then ends as `end_child` says. The parent's timer thread
 /// does not exist in the child: its handle must be forgotten without a call (detaching it there
@@ -928,8 +946,7 @@ void fork_busy_manager_and(EndChild end_child) {
   gs::MemoryManagerOptions o;
   o.cleanup_interval = 1ms;
   auto m = std::make_unique<Manager>(o);
-  auto r = std::make_shared<Recorder>("pool", gs::ReclaimCost::idle_memory, 0);
-  m->attach(r);
+  m->attach(std::make_shared<LockFreeResource>());
   m->start();
   ASSERT_TRUE(wait_until([&] { return m->stats().timer_cleanups >= 1; }));
   std::atomic<bool> stop{false};
