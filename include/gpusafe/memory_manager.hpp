@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/detail/device_memory.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -780,26 +781,19 @@ class BasicMemoryManager {
   /// host's, since pools that fell back to host memory serve no device.
   int request_device() const noexcept { return Runtime::gpu_available() ? options_.device : -1; }
 
-  /// Reads the watched device's memory: the Runtime's figures, or /proc/meminfo when there is
-  /// no GPU. False when unknown (or when the runtime must not be called: exiting, forked).
+  /// Reads the watched device's memory (the cache's watermarks read it the same way); warns once
+  /// while the runtime's call fails.
   bool read_memory(std::size_t& free_bytes, std::size_t& total_bytes, bool& is_gpu) noexcept {
-    free_bytes = total_bytes = 0;
-    is_gpu = Runtime::gpu_available();
-    if (!is_gpu) {
-      if (options_.device != 0) return false;
-      return HostRuntime::memory_info(0, free_bytes, total_bytes).ok() && total_bytes > 0;
-    }
-    detail::BasicRuntimeCallGate<Runtime> gate;
-    if (!gate) return false;
-    const Status s = Runtime::memory_info(options_.device, free_bytes, total_bytes);
-    if (!s.ok()) {
-      if (memory_info_failed_.first())
-        emit(LogLevel::warning, "MemoryManager '" + options_.name + "': reading memory of device " +
-                                    std::to_string(options_.device) + " failed: " + s.describe() +
-                                    "; threshold releases are skipped while it fails");
-      return false;
-    }
-    return total_bytes > 0;
+    const detail::MemoryReading m = detail::read_device_memory<Runtime>(options_.device);
+    free_bytes = m.free_bytes;
+    total_bytes = m.total_bytes;
+    is_gpu = m.is_gpu;
+    if (!m.status.ok() && memory_info_failed_.first())
+      emit(LogLevel::warning, "MemoryManager '" + options_.name + "': reading memory of device " +
+                                  std::to_string(options_.device) + " failed: " +
+                                  m.status.describe() +
+                                  "; threshold releases are skipped while it fails");
+    return m.known;
   }
 
   ReleaseResult release_locked() noexcept {

@@ -56,6 +56,7 @@
 #include "gpusafe/detail/cache/lru_list.hpp"
 #include "gpusafe/detail/cache/single_flight.hpp"
 #include "gpusafe/detail/cache/striped_locks.hpp"
+#include "gpusafe/detail/device_memory.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -739,24 +740,18 @@ class ModelCacheCore final : public Reclaimable, public ForkAware {
   // Bytes to free to bring the device under the low watermark; 0 when under the high one.
   std::size_t pressure_excess() noexcept {
     if (!pressure_enabled()) return 0;
-    std::size_t free_bytes = 0, total = 0;
-    Status s;
-    {
-      detail::BasicRuntimeCallGate<Runtime> gate;
-      if (!gate) return 0;
-      s = Runtime::memory_info(options_.device, free_bytes, total);
-    }
-    if (!s.ok() || total == 0) {
-      if (pressure_log_.first())
-        log(LogLevel::warning,
-            "ModelCache '" + options_.name + "': memory_info failed; pressure eviction skipped");
+    const detail::MemoryReading m = detail::read_device_memory<Runtime>(options_.device);
+    if (!m.known) {
+      if (!m.status.ok() && pressure_log_.first())
+        log(LogLevel::warning, "ModelCache '" + options_.name + "': reading memory of device " +
+                                   std::to_string(options_.device) + " failed: " +
+                                   m.status.describe() + "; pressure eviction skipped");
       return 0;
     }
-    const std::size_t used = detail::used_bytes(free_bytes, total);
-    const double used_d = static_cast<double>(used);
-    if (used_d <= options_.high_watermark * static_cast<double>(total)) return 0;
-    const auto low_bytes =
-        static_cast<std::size_t>(std::floor(options_.low_watermark * static_cast<double>(total)));
+    const std::size_t used = m.used_bytes();
+    const auto total = static_cast<double>(m.total_bytes);
+    if (static_cast<double>(used) <= options_.high_watermark * total) return 0;
+    const auto low_bytes = static_cast<std::size_t>(std::floor(options_.low_watermark * total));
     return used >= low_bytes ? used - low_bytes + 1 : 0;
   }
 

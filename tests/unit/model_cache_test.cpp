@@ -25,6 +25,7 @@
 
 #include "../support/child_process.hpp"
 #include "gpusafe/guards.hpp"
+#include "gpusafe/memory_manager.hpp"
 #include "gpusafe/testing/fake_runtime.hpp"
 
 namespace gs = gpusafe;
@@ -678,6 +679,24 @@ TEST_F(ModelCacheTest, PressureToleratesRuntimeFailure) {
   EXPECT_EQ(c.check_pressure(), 0u);
   gs::set_log_sink(old);
   EXPECT_TRUE(c.is_resident("a"));
+}
+
+TEST_F(ModelCacheTest, WithoutAGpuPressureReadsHostMemoryAsTheManagerDoes) {
+  FakeRuntime::reset(0);  // a CUDA build on a machine without a GPU
+  gs::BasicMemoryManager<FakeRuntime> manager;
+  const auto snapshot = manager.snapshot();
+  ASSERT_TRUE(snapshot.memory_known);
+  EXPECT_FALSE(snapshot.device_is_gpu);
+  gs::ModelCacheOptions o;
+  o.high_watermark = 1e-9;  // any host memory in use is over it
+  o.low_watermark = 0.0;
+  Cache c(o);
+  add(c, "a", 10);
+  c.get("a");
+  const auto before = FakeRuntime::calls(gs::testing::FakeOp::memory_info);
+  EXPECT_EQ(c.check_pressure(), 10u) << "the host's figures drive the watermarks, as the manager's";
+  EXPECT_FALSE(c.is_resident("a"));
+  EXPECT_EQ(FakeRuntime::calls(gs::testing::FakeOp::memory_info), before);  // no runtime call
 }
 
 TEST_F(ModelCacheTest, WatermarksAreValidated) {
