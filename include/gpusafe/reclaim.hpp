@@ -214,7 +214,7 @@ class ReclaimRegistration {
   }
   /// Registers a shared resource: the registry holds it only while reclaiming it, and calls it
   /// with no lock of its own held (pools and caches, whose cores outlive their owners safely).
-  explicit ReclaimRegistration(std::shared_ptr<Reclaimable> target) {
+  explicit ReclaimRegistration(const std::shared_ptr<Reclaimable>& target) {
     auto entry = std::make_shared<detail::RegistryEntry>();
     entry->shared_target = target;
     add(std::move(entry), target->reclaim_cost());

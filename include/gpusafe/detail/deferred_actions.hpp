@@ -36,7 +36,7 @@ struct DeferredActionBase {
 
 template <class F>
 struct DeferredAction final : DeferredActionBase {
-  template <class G>
+  template <class G, class = std::enable_if_t<!std::is_same_v<std::decay_t<G>, DeferredAction>>>
   explicit DeferredAction(G&& g) : f(std::forward<G>(g)) {}
   void run() override { f(); }
   F f;

@@ -246,7 +246,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
  private:
   explicit PoolCore(BufferPoolOptions options);
-  ~PoolCore() {
+  ~PoolCore() override {
     withdraw_fork_aware(this);
     this->free_all_slabs();
     while (ThreadCache* tc = lost_) {
