@@ -34,4 +34,5 @@ int main() {
   }  // actions run, then the buffer returns to the pool
   std::printf("%d frames; buffers on %s\n", frames_done,
               frames.stats().fallback ? "the host (no GPU)" : "the GPU");
+  return 0;
 }
