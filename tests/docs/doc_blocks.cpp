@@ -27,8 +27,8 @@
 namespace {
 
 struct Block {
-  std::string source;    // the Markdown file
-  int first_line = 0;    // of the block's first code line in it
+  std::string source;  // the Markdown file
+  int first_line = 0;  // of the block's first code line in it
   std::vector<std::string> code;
   std::vector<std::string> prelude;
   bool in_function = false;
@@ -62,7 +62,8 @@ std::vector<Block> read_blocks(const std::string& path) {
     if (starts_with(lines[i], "<!-- doc-test:")) {
       pending = Block{};
       read_options(lines[i].substr(14), pending);
-      while (++i < lines.size() && !starts_with(lines[i], "-->")) pending.prelude.push_back(lines[i]);
+      while (++i < lines.size() && !starts_with(lines[i], "-->"))
+        pending.prelude.push_back(lines[i]);
       continue;
     }
     if (!is_cpp_fence(lines[i])) {
