@@ -44,4 +44,19 @@
 #include "gpusafe/torch.hpp"
 #endif
 
+/// @namespace gpusafe
+/// @brief GPU resources that are safe to create, reuse and release, including at process exit,
+/// in a forked child, after a CUDA error and on machines without a GPU.
+///
+/// The names here are what programs use. Each `Basic*<Runtime>` template has an alias on the
+/// default runtime (`BufferPool = BasicBufferPool<DefaultRuntime>`, ...); the default runtime is
+/// CUDA's where the build sees the CUDA headers and the host's otherwise. The names live in an
+/// inline ABI namespace (for example `gpusafe::v0_1_cuda`) so that translation units built with
+/// different configurations link together; programs never write it.
+
+/// @namespace gpusafe::testing
+/// @brief Test support for code built on gpusafe: the FakeRuntime test double, which behaves like
+/// the CUDA runtime (failures, sticky errors, teardown, devices) without a GPU, and the typed
+/// contract tests every Runtime must pass.
+
 #endif  // GPUSAFE_GPUSAFE_HPP
