@@ -54,7 +54,7 @@ doxygen_add_docs(gpusafe_docs
   WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}"
   COMMENT "Generating the gpusafe API reference in ${PROJECT_BINARY_DIR}/docs/api")
 
-if(BUILD_TESTING AND GPUSAFE_BUILD_TESTS)
+if(GPUSAFE_BUILD_TESTS AND GPUSAFE_BUILD_CHECKS)
   add_test(NAME gpusafe_docs_reference
     COMMAND "${CMAKE_COMMAND}" --build "${PROJECT_BINARY_DIR}" --target gpusafe_docs)
   set_tests_properties(gpusafe_docs_reference PROPERTIES LABELS docs TIMEOUT 600)
