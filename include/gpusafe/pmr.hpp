@@ -96,8 +96,8 @@ class BasicPoolMemoryResource final : public std::pmr::memory_resource {
 
   /// The largest block the pool itself serves: its largest class less the lease kept in it.
   std::size_t max_pooled_bytes() const noexcept {
-    constexpr std::size_t kTrailer = sizeof(BufferLease) + alignof(BufferLease) - 1;
-    return max_class_bytes_ > kTrailer ? max_class_bytes_ - kTrailer : 0;
+    if (max_class_bytes_ <= sizeof(BufferLease)) return 0;
+    return (max_class_bytes_ - sizeof(BufferLease)) & ~(alignof(BufferLease) - 1);
   }
 
  private:

@@ -132,6 +132,14 @@ TEST(PoolMemoryResource, StatsShowBlocksLeasedAndReturned) {
   EXPECT_EQ(resource.upstream_allocations(), 0u);
   EXPECT_LT(resource.max_pooled_bytes(), 65536u);
   EXPECT_GE(resource.max_pooled_bytes(), 65536u - 2 * sizeof(gs::BufferLease));
+  const std::size_t most = resource.max_pooled_bytes();
+  void* largest = resource.allocate(most);
+  EXPECT_EQ(pool.stats().classes[2].in_use, 1u) << "the largest pooled block is pooled";
+  void* beyond = resource.allocate(most + 1);
+  EXPECT_EQ(resource.upstream_allocations(), 1u) << "one byte more goes upstream";
+  resource.deallocate(beyond, most + 1);
+  resource.deallocate(largest, most);
+  EXPECT_EQ(pool.stats().totals.in_use, 0u);
 }
 
 TEST(PoolMemoryResource, HonoursAlignmentUpToThePoolsAndSendsLargerToUpstream) {
