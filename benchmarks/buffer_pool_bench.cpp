@@ -4,7 +4,9 @@
 // cudaMallocAsync/cudaFreeAsync, CUB's CachingDeviceAllocator and LibTorch's caching allocator.
 // Every host peer touches the first and the last byte of each buffer. mimalloc is loaded with
 // dlopen (RTLD_LOCAL), so that it does not replace malloc for the other rows; its, TBB's and
-// Boost's rows are compiled only when CMake found them.
+// Boost's rows are compiled only when CMake found them. gpusafe::PoolMemoryResource (the pool as a
+// std::pmr::memory_resource) runs next to std::pmr's synchronized_pool_resource,
+// unsynchronized_pool_resource (one per thread) and new_delete_resource, 256-byte aligned.
 //
 // Run: gpusafe_buffer_pool_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "gpusafe/buffer_pool.hpp"
+#include "gpusafe/pmr.hpp"
 
 #if defined(GPUSAFE_BENCH_MIMALLOC_PATH)
 #include <dlfcn.h>
@@ -174,6 +177,38 @@ void BM_PmrSynchronizedPool(benchmark::State& state) {
   buffers_of<true>(
       state, "allocate failed", [&](std::size_t bytes) { return pool.allocate(bytes, 256); },
       [&](void* p, std::size_t bytes) { pool.deallocate(p, bytes, 256); });
+}
+
+/// gpusafe::PoolMemoryResource over a host pool, next to the standard memory resources. Each
+/// block keeps its lease just past the bytes asked for, so this pool's classes have room for it.
+gs::BasicPoolMemoryResource<gs::HostRuntime>& pool_resource() {
+  static gs::BasicBufferPool<gs::HostRuntime> pool([] {
+    gs::BufferPoolOptions o = bench_options(gs::MemoryKind::host, "bench-pmr");
+    for (auto& c : o.classes) c.bytes += sizeof(gs::BufferLease);
+    return o;
+  }());
+  static gs::BasicPoolMemoryResource<gs::HostRuntime> resource(pool, nullptr);
+  return resource;
+}
+
+/// Times allocate + touch + deallocate of state.range(0) bytes, 256-aligned, on `resource`.
+void blocks_of(benchmark::State& state, std::pmr::memory_resource& resource) {
+  buffers_of<true>(
+      state, "allocate failed", [&](std::size_t bytes) { return resource.allocate(bytes, 256); },
+      [&](void* p, std::size_t bytes) { resource.deallocate(p, bytes, 256); });
+}
+
+void BM_PoolMemoryResource(benchmark::State& state) { blocks_of(state, pool_resource()); }
+
+/// One unsynchronized_pool_resource per thread (it must not be shared).
+void BM_PmrUnsynchronizedPool(benchmark::State& state) {
+  thread_local std::pmr::unsynchronized_pool_resource pool(
+      std::pmr::pool_options{kSmallCount, kLarge});
+  blocks_of(state, pool);
+}
+
+void BM_PmrNewDelete(benchmark::State& state) {
+  blocks_of(state, *std::pmr::new_delete_resource());
 }
 
 /// The classic hand-written pool: preallocated buffers on a vector behind one mutex.
@@ -390,6 +425,9 @@ GPUSAFE_BENCH_ONE_BUFFER(BM_Mimalloc);
 GPUSAFE_BENCH_ONE_BUFFER(BM_TbbScalableMalloc);
 #endif
 GPUSAFE_BENCH_ONE_BUFFER(BM_PmrSynchronizedPool);
+GPUSAFE_BENCH_ONE_BUFFER(BM_PoolMemoryResource);
+GPUSAFE_BENCH_ONE_BUFFER(BM_PmrUnsynchronizedPool);
+GPUSAFE_BENCH_ONE_BUFFER(BM_PmrNewDelete);
 GPUSAFE_BENCH_ONE_BUFFER(BM_MutexFreeList);
 #if defined(GPUSAFE_BENCH_HAS_BOOST_LOCKFREE)
 GPUSAFE_BENCH_ONE_BUFFER(BM_BoostLockFreeStack);

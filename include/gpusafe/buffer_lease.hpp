@@ -84,8 +84,8 @@ class BufferLease {
   BufferLease(BufferLease&& other) noexcept
       : core_(std::move(other.core_)),
         data_(std::exchange(other.data_, nullptr)),
-        size_(other.size_),
-        capacity_(other.capacity_),
+        size_(std::exchange(other.size_, 0)),
+        capacity_(std::exchange(other.capacity_, 0)),
         state_(other.state_),
         kind_(other.kind_),
         device_(other.device_),
@@ -96,8 +96,8 @@ class BufferLease {
       release();
       core_ = std::exchange(other.core_, nullptr);
       data_ = std::exchange(other.data_, nullptr);
-      size_ = other.size_;
-      capacity_ = other.capacity_;
+      size_ = std::exchange(other.size_, 0);
+      capacity_ = std::exchange(other.capacity_, 0);
       state_ = other.state_;
       kind_ = other.kind_;
       device_ = other.device_;
@@ -112,9 +112,10 @@ class BufferLease {
 
   /// The buffer; null for an empty lease.
   void* data() const noexcept { return data_; }
-  /// Bytes requested.
+  /// Bytes requested; 0 for an empty lease (default-constructed, moved from or released).
   std::size_t size() const noexcept { return size_; }
-  /// Bytes usable: the size of the class the buffer came from (the request for overflow).
+  /// Bytes usable: the size of the class the buffer came from (the request for overflow); 0 for
+  /// an empty lease.
   std::size_t capacity() const noexcept { return capacity_; }
   /// What the memory really is (host when a device request fell back).
   MemoryKind kind() const noexcept { return kind_; }
@@ -153,7 +154,8 @@ class BufferLease {
     if (!data_) return;
     void* data = std::exchange(data_, nullptr);
     detail::PoolCoreBase* core = std::exchange(core_, nullptr);
-    core->release_lease(data, size_, state_);
+    core->release_lease(data, std::exchange(size_, 0), state_);
+    capacity_ = 0;
   }
 
  private:

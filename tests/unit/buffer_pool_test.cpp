@@ -1102,3 +1102,64 @@ TEST_F(BufferPoolTest, FailingEventDestroyIsLoggedOncePerPool) {
     if (m.find("destroying a stream event failed") != std::string::npos) ++lines;
   EXPECT_EQ(lines, 1u) << "eight failed destroys, one line";
 }
+
+TEST_F(BufferPoolTest, AMovedFromOrReleasedLeaseReportsSizeZero) {
+  FakePool pool(device_options({{4096, 4}}));
+  auto a = pool.acquire(1000);
+  ASSERT_EQ(a.size(), 1000u);
+  ASSERT_EQ(a.capacity(), 4096u);
+  gs::BufferLease b(std::move(a));
+  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  EXPECT_EQ(a.size(), 0u);       // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(a.capacity(), 0u);   // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(b.size(), 1000u);
+  EXPECT_EQ(b.capacity(), 4096u);
+
+  gs::BufferLease c;
+  c = std::move(b);
+  EXPECT_EQ(b.size(), 0u);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(b.capacity(), 0u);
+  EXPECT_FALSE(b);
+  EXPECT_EQ(c.size(), 1000u);
+
+  c.release();
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(c.capacity(), 0u);
+  EXPECT_EQ(pool.stats().totals.in_use, 0u);
+}
+
+TEST_F(BufferPoolTest, FallbackErrorNamesWhyThereIsNoGpu) {
+  auto o = device_options({{4096, 2}}, "strict");
+  o.fallback = gs::Fallback::error;
+  FakeRuntime::set_mode(gs::testing::FakeMode::no_device);
+  try {
+    FakePool p(o);
+    ADD_FAILURE() << "no exception";
+  } catch (const gs::NoGpu& e) {
+    const std::string m = e.what();
+    for (const char* f : {"'strict'", "Fallback::error", "no device visible", "cudaErrorNoDevice",
+                          "Fallback::host"})
+      EXPECT_NE(m.find(f), std::string::npos) << m << "\nmissing: " << f;
+    EXPECT_EQ(e.runtime_code(), gs::codes::no_device);
+  }
+  FakeRuntime::set_mode(gs::testing::FakeMode::no_driver);
+  expect_throw_with<gs::NoGpu>([&] { FakePool p(o); },
+                               {"'strict'", "no driver", "cudaErrorInsufficientDriver"});
+  FakeRuntime::set_mode(gs::testing::FakeMode::normal);
+  FakeRuntime::reset(0);  // a runtime that answers but has no device
+  expect_throw_with<gs::NoGpu>([&] { FakePool p(o); }, {"'strict'", "no device visible"});
+
+  // Fallback::host logs the same cause.
+  std::vector<std::string> logged;
+  auto previous =
+      gs::set_log_sink([&](gs::LogLevel, std::string_view m) { logged.emplace_back(m); });
+  o.fallback = gs::Fallback::host;
+  { FakePool p(o); }
+  gs::set_log_sink(previous);
+  bool named = false;
+  for (const auto& m : logged)
+    named = named || (m.find("'strict'") != std::string::npos &&
+                      m.find("no device visible") != std::string::npos);
+  EXPECT_TRUE(named) << "the fallback warning names the cause";
+  FakeRuntime::reset(2);
+}

@@ -10,12 +10,60 @@
 GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
 
+/// Why Runtime has no usable GPU, for the pool's messages: the CUDA probe's answer
+/// (cuda_status()) on CUDA, what a device count answers on other runtimes. `*code` gets the
+/// runtime status behind it (0 when none is known).
+template <class Runtime>
+std::string pool_no_gpu_cause(int* code) {
+  *code = 0;
+#if GPUSAFE_WITH_CUDA
+  if constexpr (std::is_same_v<Runtime, CudaRuntime>) {
+    const CudaStatus st = cuda_status();
+    if (st == CudaStatus::no_driver) *code = codes::insufficient_driver;
+    if (st == CudaStatus::no_device) *code = codes::no_device;
+    return to_string(st);
+  }
+#endif
+  if constexpr (std::is_same_v<Runtime, HostRuntime>) {
+#if GPUSAFE_WITH_CUDA
+    return "the host runtime serves host memory only; use the CUDA runtime for GPU memory";
+#else
+    return to_string(CudaStatus::not_compiled);
+#endif
+  }
+  int count = 0;
+  const Status s = Runtime::device_count(count);
+  *code = s.code;
+  if (s.ok()) return count > 0 ? "the device is not usable" : "no device visible";
+  switch (s.code) {
+    case codes::no_device:
+      return std::string(to_string(CudaStatus::no_device)) + ": " + s.describe();
+    case codes::insufficient_driver:
+    case codes::stub_library:
+      return std::string(to_string(CudaStatus::no_driver)) + ": " + s.describe();
+    default:
+      return s.describe();
+  }
+}
+
 template <class Runtime>
 PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options)) {
   validate();
   fell_back_ = false;
-  kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
-                                       this->pool_label());
+  try {
+    kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
+                                         this->pool_label());
+  } catch (const NoGpu&) {
+    // Fallback::error without a GPU: say why there is none.
+    int code = 0;
+    const std::string cause = pool_no_gpu_cause<Runtime>(&code);
+    throw NoGpu(this->pool_label() + ": " + to_string(options_.kind) +
+                    " memory was asked for with Fallback::error, but the " + Runtime::name() +
+                    " runtime has no usable GPU (" + cause +
+                    "); fix that (check the driver and CUDA_VISIBLE_DEVICES) or use "
+                    "Fallback::host to run on the CPU",
+                code);
+  }
   gpu_ = kind_ != MemoryKind::host;
   if (gpu_) {
     check_gpu_request(options_.device, this->pool_label());
@@ -23,10 +71,11 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
   }
   if (fell_back_)
     log_lazy(LogLevel::warning, [&] {
+      int code = 0;
       return this->pool_label() + ": " + to_string(options_.kind) +
-             " memory was asked for but the " + Runtime::name() +
-             " runtime has no usable GPU; buffers are served from host memory "
-             "(use Fallback::error to refuse)";
+             " memory was asked for but the " + Runtime::name() + " runtime has no usable GPU (" +
+             pool_no_gpu_cause<Runtime>(&code) +
+             "); buffers are served from host memory (use Fallback::error to refuse)";
     });
   nclasses_ = options_.classes.size();
   classes_.reset(new PoolClass[nclasses_]);
