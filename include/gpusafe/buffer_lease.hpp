@@ -82,7 +82,7 @@ class BufferLease {
  public:
   BufferLease() noexcept = default;
   BufferLease(BufferLease&& other) noexcept
-      : core_(std::move(other.core_)),
+      : core_(other.core_),
         data_(std::exchange(other.data_, nullptr)),
         size_(std::exchange(other.size_, 0)),
         capacity_(std::exchange(other.capacity_, 0)),

@@ -1,7 +1,7 @@
 // gpusafe/gpusafe.hpp: the whole library in one include.
 //
-// Includes every public header the build supports: the core layers, the guards, BufferPool,
-// ModelCache and MemoryManager always, and the LibTorch integration (gpusafe/torch.hpp) only when
+// Includes every public header the build supports: the core layers, the guards, BufferPool (and
+// its std::pmr resource), ModelCache, MemoryManager and the stream operators always, and the LibTorch integration (gpusafe/torch.hpp) only when
 // GPUSAFE_WITH_TORCH is 1 (target gpusafe::torch). The handles (streams, events, graphs) and the
 // StreamPool always; the library handles (gpusafe/handles/*.hpp) when the build defines their
 // macro (GPUSAFE_WITH_CUBLAS, ..._CUDNN, ..._CUFFT, ..._NCCL: targets gpusafe::cublas, ...). The
@@ -22,6 +22,8 @@
 #include "gpusafe/log.hpp"
 #include "gpusafe/memory_manager.hpp"
 #include "gpusafe/model_cache.hpp"
+#include "gpusafe/ostream.hpp"
+#include "gpusafe/pmr.hpp"
 #include "gpusafe/reclaim.hpp"
 #include "gpusafe/runtime.hpp"
 #include "gpusafe/stream_pool.hpp"

@@ -18,6 +18,7 @@ namespace gs = gpusafe;
 
 #define GPUSAFE_INSTANTIATE_FOR(R)                         \
   template class gs::BasicBufferPool<R>;                   \
+  template class gs::BasicPoolMemoryResource<R>;           \
   template class gs::BasicDeviceGuard<R>;                  \
   template class gs::BasicSafeCudaCleanup<R>;              \
   template class gs::BasicMemoryManager<R>;                \
