@@ -23,7 +23,6 @@
 #ifndef GPUSAFE_MEMORY_MANAGER_HPP
 #define GPUSAFE_MEMORY_MANAGER_HPP
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -40,9 +39,11 @@
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/detail/attached_resources.hpp"
 #include "gpusafe/detail/device_memory.hpp"
 #include "gpusafe/detail/fork.hpp"
 #include "gpusafe/detail/periodic_thread.hpp"
+#include "gpusafe/detail/threshold_release.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/memory_report.hpp"
@@ -137,15 +138,6 @@ class ManagerCleanupScope {
   ManagerCleanupFrame frame_;
 };
 
-/// Whether T has `reclaimable()` returning something convertible to shared_ptr<Reclaimable>.
-template <class T, class = void>
-struct has_reclaimable : std::false_type {};
-template <class T>
-struct has_reclaimable<
-    T, std::enable_if_t<std::is_convertible<decltype(std::declval<const T&>().reclaimable()),
-                                            std::shared_ptr<Reclaimable>>::value>>
-    : std::true_type {};
-
 /// Throws InvalidArgument for a threshold outside 0..1, a negative interval or one above 24 h, a
 /// negative device, or a history length of 0.
 inline MemoryManagerOptions validate_manager_options(MemoryManagerOptions o) {
@@ -187,44 +179,25 @@ inline void check_timer_interval(const std::string& what, std::chrono::milliseco
                           "yourself for longer periods");
 }
 
-inline bool same_owner(const std::weak_ptr<Reclaimable>& w,
-                       const std::shared_ptr<Reclaimable>& p) noexcept {
-  return !w.owner_before(p) && !p.owner_before(w);
-}
-
-/// Calls fn(resource) for each framework cache (LibTorch's allocator) that is in the global
-/// registry but not in `attached`, under its registry entry's lock (so that unregistering
-/// waits), until fn returns true. Returns whether one did.
-template <class Fn>
-bool for_each_unattached_framework_cache(const std::vector<std::shared_ptr<Reclaimable>>& attached,
-                                         Fn&& fn) {
-  for (const auto& entry : registry_snapshot()) {
-    if (entry->cost != ReclaimCost::framework_cache) continue;
-    std::lock_guard<std::recursive_mutex> lock(entry->mutex);
-    if (!entry->target) continue;
-    const bool is_attached = std::any_of(attached.begin(), attached.end(),
-                                         [&](const auto& r) { return r.get() == entry->target; });
-    if (!is_attached && fn(*entry->target)) return true;
-  }
-  return false;
-}
-
-/// The outstanding leases of `resources` that implement LeakReporter, oldest first.
-inline LeakReport collect_leaks(const std::vector<std::shared_ptr<Reclaimable>>& resources) {
-  LeakReport report;
-  for (const auto& r : resources) {
-    if (const LeakReporter* reporter = r->leak_reporter()) {
-      auto records = reporter->leak_records();
-      report.records.insert(report.records.end(), std::make_move_iterator(records.begin()),
-                            std::make_move_iterator(records.end()));
-    } else if (r->reclaim_cost() == ReclaimCost::idle_memory) {
-      report.untracked.emplace_back(r->reclaimable_name());
+/// A manager's entry in the global registry: gpusafe::shutdown() (ReclaimLevel::shutdown), which
+/// drains controllers first, stops the manager's timer and logs its leak report.
+template <class Manager>
+class ManagerController final : public Reclaimable {
+ public:
+  explicit ManagerController(Manager* owner) noexcept : owner_(owner) {}
+  std::size_t reclaim(const ReclaimRequest& request) noexcept override {
+    if (request.level == ReclaimLevel::shutdown) {
+      owner_->stop();
+      owner_->log_leaks_once();
     }
+    return 0;
   }
-  std::stable_sort(report.records.begin(), report.records.end(),
-                   [](const LeakRecord& a, const LeakRecord& b) { return a.age > b.age; });
-  return report;
-}
+  ReclaimCost reclaim_cost() const noexcept override { return ReclaimCost::controller; }
+  const char* reclaimable_name() const noexcept override { return owner_->name().c_str(); }
+
+ private:
+  Manager* owner_;
+};
 
 }  // namespace detail
 
@@ -270,11 +243,7 @@ class BasicMemoryManager {
       throw InvalidArgument("MemoryManager '" + options_.name +
                             "': attach(nullptr): nothing to attach; pass pool.reclaimable() or "
                             "the pool itself");
-    std::lock_guard<std::mutex> lock(sync_.attach);
-    prune_locked();
-    for (const auto& w : attached_)
-      if (detail::same_owner(w, resource)) return;
-    attached_.push_back(std::weak_ptr<Reclaimable>(resource));
+    attached_.add(resource);
   }
 
   /// Attaches a pool, cache or anything with `reclaimable()`.
@@ -285,14 +254,7 @@ class BasicMemoryManager {
 
   /// Detaches a resource; returns whether it was attached. Never throws.
   bool detach(const std::shared_ptr<Reclaimable>& resource) noexcept {
-    if (!resource) return false;
-    std::lock_guard<std::mutex> lock(sync_.attach);
-    const auto before = attached_.size();
-    attached_.erase(std::remove_if(attached_.begin(), attached_.end(),
-                                   [&](const auto& w) { return detail::same_owner(w, resource); }),
-                    attached_.end());
-    prune_locked();
-    return attached_.size() != before;
+    return resource && attached_.remove(resource);
   }
 
   template <class T, std::enable_if_t<detail::has_reclaimable<T>::value, int> = 0>
@@ -305,12 +267,7 @@ class BasicMemoryManager {
   }
 
   /// Attached resources still alive.
-  std::size_t attached_count() const noexcept {
-    std::lock_guard<std::mutex> lock(sync_.attach);
-    std::size_t n = 0;
-    for (const auto& w : attached_) n += w.expired() ? 0 : 1;
-    return n;
-  }
+  std::size_t attached_count() const noexcept { return attached_.alive(); }
 
   // ---- frames and cleanups -------------------------------------------------------------------
 
@@ -385,7 +342,7 @@ class BasicMemoryManager {
     try {
       ReclaimRequest request;
       request.level = ReclaimLevel::shutdown;
-      for (const auto& r : live_attached()) released += r->reclaim(request);
+      for (const auto& r : attached_.live()) released += r->reclaim(request);
     } catch (...) {
     }
     bytes_released_.fetch_add(released, std::memory_order_relaxed);
@@ -449,47 +406,15 @@ class BasicMemoryManager {
 
   /// Outstanding leases of the attached resources that implement LeakReporter. May throw
   /// std::bad_alloc.
-  LeakReport leak_report() const { return detail::collect_leaks(live_attached()); }
+  LeakReport leak_report() const { return detail::collect_leaks(attached_.live()); }
 
  private:
   static constexpr std::uint64_t kNever = std::numeric_limits<std::uint64_t>::max();
-
-  /// The manager's entry in the global registry: gpusafe::shutdown() stops its timer first.
-  class Controller final : public Reclaimable {
-   public:
-    explicit Controller(BasicMemoryManager* owner) noexcept : owner_(owner) {}
-    std::size_t reclaim(const ReclaimRequest& request) noexcept override {
-      if (request.level == ReclaimLevel::shutdown) {
-        owner_->stop();
-        owner_->log_leaks_once();
-      }
-      return 0;
-    }
-    ReclaimCost reclaim_cost() const noexcept override { return ReclaimCost::controller; }
-    const char* reclaimable_name() const noexcept override { return owner_->options_.name.c_str(); }
-
-   private:
-    BasicMemoryManager* owner_;
-  };
+  using Controller = detail::ManagerController<BasicMemoryManager>;
+  friend Controller;
 
   MemoryReportSubject report_subject() const {
     return {options_.name, options_.release_threshold, std::string(Runtime::name())};
-  }
-
-  void prune_locked() noexcept {
-    attached_.erase(std::remove_if(attached_.begin(), attached_.end(),
-                                   [](const auto& w) { return w.expired(); }),
-                    attached_.end());
-  }
-
-  /// The attached resources alive now, held so they cannot die while used.
-  std::vector<std::shared_ptr<Reclaimable>> live_attached() const {
-    std::vector<std::shared_ptr<Reclaimable>> out;
-    std::lock_guard<std::mutex> lock(sync_.attach);
-    out.reserve(attached_.size());
-    for (const auto& w : attached_)
-      if (auto p = w.lock()) out.push_back(std::move(p));
-    return out;
   }
 
   bool frame_cleanup(std::uint64_t n) noexcept {
@@ -533,7 +458,7 @@ class BasicMemoryManager {
     request.level = ReclaimLevel::light;
     request.device = request_device();
     std::size_t released = 0;
-    for (const auto& r : live_attached()) released += r->reclaim(request);
+    for (const auto& r : attached_.live()) released += r->reclaim(request);
     bytes_released_.fetch_add(released, std::memory_order_relaxed);
     return released;
   }
@@ -557,76 +482,21 @@ class BasicMemoryManager {
   ReleaseResult release_locked() noexcept {
     ReleaseResult result;
     try {
-      if (measure_for_release(result)) release_until_under_threshold(result);
+      const auto read = [this] { return read_memory(); };
+      if (!detail::measure_for_release(result, options_.release_threshold, read)) return result;
+      threshold_releases_.fetch_add(1, std::memory_order_relaxed);
+      const std::string reason = format_threshold_crossing(
+          options_.device, result.used_before, result.total_bytes, options_.release_threshold);
+      detail::release_until_under_threshold(result, reason, request_device(), attached_.live(),
+                                            read);
+      bytes_released_.fetch_add(result.bytes_freed, std::memory_order_relaxed);
+      // Still over with nothing left to free: warn once, then keep it at info level.
+      emit(result.target_reached || !still_over_.first() ? LogLevel::info : LogLevel::warning,
+           format_release_summary(options_.name, reason, result));
     } catch (...) {
       result.note = "out of memory during the release";
     }
     return result;
-  }
-
-  /// Fills the figures of `result`; true when usage is over the threshold.
-  bool measure_for_release(ReleaseResult& result) {
-    if (options_.release_threshold <= 0.0) {
-      result.target_reached = true;
-      result.note = "no threshold set";
-      return false;
-    }
-    const detail::MemoryReading m = read_memory();
-    if (!m.known) {
-      result.note = "device memory could not be read";
-      return false;
-    }
-    result.checked = true;
-    result.total_bytes = m.total_bytes;
-    result.used_before = result.used_after = m.used_bytes();
-    result.target_bytes =
-        static_cast<std::size_t>(options_.release_threshold * static_cast<double>(m.total_bytes));
-    result.target_reached = result.used_before <= result.target_bytes;
-    result.was_over = !result.target_reached;
-    return result.was_over;
-  }
-
-  void release_until_under_threshold(ReleaseResult& result) {
-    threshold_releases_.fetch_add(1, std::memory_order_relaxed);
-    const std::string reason = format_threshold_crossing(
-        options_.device, result.used_before, result.total_bytes, options_.release_threshold);
-    auto resources = live_attached();
-    std::stable_sort(resources.begin(), resources.end(), [](const auto& a, const auto& b) {
-      return a->reclaim_cost() < b->reclaim_cost();
-    });
-    auto ask = [&](Reclaimable& r) { return ask_to_release(r, reason, result); };
-    bool reached = false;
-    for (const auto& r : resources) {
-      if (r->reclaim_cost() == ReclaimCost::controller) continue;
-      if ((reached = ask(*r))) break;
-    }
-    if (!reached) reached = detail::for_each_unattached_framework_cache(resources, ask);
-    result.target_reached = reached;
-    bytes_released_.fetch_add(result.bytes_freed, std::memory_order_relaxed);
-    // Still over with nothing left to free: warn once, then keep it at info level.
-    emit(reached || !still_over_.first() ? LogLevel::info : LogLevel::warning,
-         format_release_summary(options_.name, reason, result));
-  }
-
-  /// Asks one resource for what is over the threshold; updates `result.used_after`. Returns
-  /// whether usage is now at or under the threshold.
-  bool ask_to_release(Reclaimable& r, const std::string& reason, ReleaseResult& result) {
-    std::size_t& used = result.used_after;
-    ReclaimRequest request;
-    request.level = ReclaimLevel::heavy;
-    request.device = request_device();
-    request.bytes_goal = used - result.target_bytes;
-    const std::size_t freed = r.reclaim(request);
-    if (freed > 0) {
-      result.released.push_back({r.reclaimable_name(), r.reclaim_cost(), freed, reason});
-      result.bytes_freed += freed;
-    }
-    // Host memory freed to malloc may not show in the runtime's figures: count what the
-    // resource reported even when the measurement lags.
-    const detail::MemoryReading m = read_memory();
-    const std::size_t measured = m.known ? m.used_bytes() : used;
-    used = std::min(measured, used > freed ? used - freed : 0);
-    return used <= result.target_bytes;
   }
 
   MemorySnapshot take_snapshot() {
@@ -641,13 +511,7 @@ class BasicMemoryManager {
     s.device_free_bytes = m.free_bytes;
     s.device_total_bytes = m.total_bytes;
     if (s.memory_known) s.device_used_bytes = m.used_bytes();
-    const auto resources = live_attached();
-    for (const auto& r : resources)
-      s.resources.push_back({r->reclaimable_name(), r->reclaim_cost(), r->usage(), true});
-    detail::for_each_unattached_framework_cache(resources, [&](Reclaimable& r) {
-      s.resources.push_back({r.reclaimable_name(), ReclaimCost::framework_cache, r.usage(), false});
-      return false;
-    });
+    s.resources = detail::snapshot_resources(attached_.live());
     return s;
   }
 
@@ -699,7 +563,7 @@ class BasicMemoryManager {
 
   void log_leaks_once() noexcept {
     try {
-      const auto resources = live_attached();
+      const auto resources = attached_.live();
       const LeakReport report = detail::collect_leaks(resources);
       if (report.empty() || !leaks_logged_.first()) return;
       emit(LogLevel::warning,
@@ -720,7 +584,7 @@ class BasicMemoryManager {
   const std::chrono::steady_clock::time_point created_;
 
   mutable detail::ManagerSync sync_;
-  std::vector<std::weak_ptr<Reclaimable>> attached_;
+  detail::AttachedResources attached_{sync_.attach};
   std::deque<MemorySnapshot> history_;
 
   std::atomic<std::uint64_t> frame_cleanups_{0};
