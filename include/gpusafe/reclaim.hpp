@@ -105,10 +105,6 @@ class LeakReporter;
 /// the runtime when the process is exiting or forked (use detail::RuntimeCallGate).
 class Reclaimable {
  public:
-  /// The LeakReporter side of this resource, or null when it reports no leases. A class that
-  /// implements both returns `this`, so that no RTTI is needed; the default finds it with
-  /// dynamic_cast when RTTI is on, and returns null without RTTI.
-  virtual LeakReporter* leak_reporter() noexcept;
   virtual ~Reclaimable() = default;
   /// Releases what the request allows; returns the bytes released.
   virtual std::size_t reclaim(const ReclaimRequest& request) noexcept = 0;
@@ -116,6 +112,11 @@ class Reclaimable {
   virtual const char* reclaimable_name() const noexcept { return "reclaimable"; }
   /// Current holdings, for monitoring. Never throws.
   virtual ResourceUsage usage() const noexcept { return {}; }
+  /// The LeakReporter side of this resource, or null when it reports no leases. A class that
+  /// implements both returns `this`, so that no RTTI is needed; the default finds it with
+  /// dynamic_cast when RTTI is on, and returns null without RTTI. (Last, so that the slots
+  /// before it keep their places.)
+  virtual LeakReporter* leak_reporter() noexcept;
 };
 
 /// One outstanding allocation (a lease nobody gave back yet), for leak reports.
