@@ -69,6 +69,7 @@ class PoolCoreBase : public Reclaimable, public LeakReporter, public ForkAware {
  public:
   virtual void release_lease(void* data, std::size_t bytes, LeaseState& state) noexcept = 0;
   virtual const char* pool_name() const noexcept = 0;
+  LeakReporter* leak_reporter() noexcept override { return this; }
 };
 
 template <class Runtime>

@@ -99,6 +99,8 @@ struct ResourceUsage {
   int device = -1;                 ///< -1 = host or several
 };
 
+class LeakReporter;
+
 /// A resource that can give memory back on request. reclaim() must not throw and must not call
 /// the runtime when the process is exiting or forked (use detail::RuntimeCallGate).
 class Reclaimable {
@@ -110,6 +112,11 @@ class Reclaimable {
   virtual const char* reclaimable_name() const noexcept { return "reclaimable"; }
   /// Current holdings, for monitoring. Never throws.
   virtual ResourceUsage usage() const noexcept { return {}; }
+  /// The LeakReporter side of this resource, or null when it reports no leases. A class that
+  /// implements both returns `this`, so that no RTTI is needed; the default finds it with
+  /// dynamic_cast when RTTI is on, and returns null without RTTI. (Last, so that the slots
+  /// before it keep their places.)
+  virtual LeakReporter* leak_reporter() noexcept;
 };
 
 /// One outstanding allocation (a lease nobody gave back yet), for leak reports.
@@ -135,6 +142,14 @@ class LeakReporter {
   /// again at shutdown, so each leak is reported once.
   virtual void note_leaks_reported() noexcept {}
 };
+
+inline LeakReporter* Reclaimable::leak_reporter() noexcept {
+#if defined(__GXX_RTTI) || defined(_CPPRTTI)
+  return dynamic_cast<LeakReporter*>(this);
+#else
+  return nullptr;
+#endif
+}
 
 struct RegistryEntry {
   // Recursive: a reclaim() may unregister or re-register its own resource.

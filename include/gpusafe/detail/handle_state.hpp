@@ -235,6 +235,7 @@ class HandleLeakReporter final : public Reclaimable, public LeakReporter {
   std::size_t reclaim(const ReclaimRequest&) noexcept override { return 0; }
   ReclaimCost reclaim_cost() const noexcept override { return ReclaimCost::controller; }
   const char* reclaimable_name() const noexcept override { return "gpu handles"; }
+  LeakReporter* leak_reporter() noexcept override { return this; }
   ResourceUsage usage() const noexcept override {
     ResourceUsage u;
     auto& t = process_v1::handle_tracker();

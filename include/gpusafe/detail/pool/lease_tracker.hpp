@@ -1,5 +1,7 @@
 // gpusafe/detail/pool/lease_tracker.hpp: the optional record of BufferPool's outstanding leases
-// (where each was taken), behind BufferPoolOptions::track_leases, and the text of the leak report.
+// (where each was taken), behind BufferPoolOptions::track_leases, and the text of the leak report
+// (each lease as a LeakRecord, in the line form of detail/report_format.hpp that
+// MemoryManager's leak report uses too).
 //
 // Thread safety: every member may be called from any thread at once (one mutex, taken only when
 // tracking is on). Teardown: untrack() never throws; a forked child rebuilds the mutex
@@ -10,7 +12,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <mutex>
 #include <new>
 #include <string>
@@ -21,6 +22,7 @@
 #include "gpusafe/buffer_lease.hpp"
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/pool/options.hpp"
+#include "gpusafe/detail/report_format.hpp"
 #include "gpusafe/lifecycle.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
@@ -63,37 +65,38 @@ class LeaseTracker {
     return out;
   }
 
-  /// The leases as the MemoryManager's leak report wants them.
+  /// The leases as leak records (MemoryManager::leak_report() and the pool's own report).
   std::vector<LeakRecord> leak_records() const {
     std::vector<LeakRecord> out;
     const auto now = std::chrono::system_clock::now();
-    for (auto& lease : outstanding()) {
-      LeakRecord r;
-      r.resource = std::move(lease.pool);
-      r.file = std::move(lease.file);
-      r.line = lease.line;
-      r.tag = std::move(lease.tag);
-      r.bytes = lease.bytes;
-      r.age = std::chrono::duration_cast<std::chrono::nanoseconds>(now - lease.acquired);
-      out.push_back(std::move(r));
-    }
+    for (auto& lease : outstanding()) out.push_back(to_leak_record(std::move(lease), now));
     return out;
   }
 
-  /// One line per lease: "  <bytes> bytes (class N) taken at file:line [tag], <age> s ago".
+  /// One line per lease, oldest first, in the manager's leak report form followed by its size
+  /// class: "  pool: 1000 B taken at file:line [tag], 2.0 s ago (class 4096)".
   std::string report_lines() const {
     std::string r;
     const auto now = std::chrono::system_clock::now();
-    for (const auto& l : outstanding()) {
-      const double age = std::chrono::duration<double>(now - l.acquired).count();
-      char age_text[32];
-      std::snprintf(age_text, sizeof age_text, "%.3f", age);
-      r += "  " + std::to_string(l.bytes) + " bytes (" +
-           (l.overflow ? std::string("overflow") : "class " + std::to_string(l.class_bytes)) +
-           ") taken at " + (l.file.empty() ? std::string("?") : l.file) + ":" +
-           std::to_string(l.line) + (l.tag.empty() ? std::string() : " [" + l.tag + "]") + ", " +
-           age_text + " s ago\n";
+    for (auto& lease : outstanding()) {
+      const std::string size_class =
+          lease.overflow ? std::string("overflow") : "class " + std::to_string(lease.class_bytes);
+      r += "  " + describe_leak(to_leak_record(std::move(lease), now)) + " (" + size_class + ")\n";
     }
+    return r;
+  }
+
+  /// The leak record of one lease: an OutstandingLease says where and when (for the pool's own
+  /// accessors); a LeakRecord says where and how long ago, as every LeakReporter does.
+  static LeakRecord to_leak_record(OutstandingLease lease,
+                                   std::chrono::system_clock::time_point now) {
+    LeakRecord r;
+    r.resource = std::move(lease.pool);
+    r.file = std::move(lease.file);
+    r.line = lease.line;
+    r.tag = std::move(lease.tag);
+    r.bytes = lease.bytes;
+    r.age = std::chrono::duration_cast<std::chrono::nanoseconds>(now - lease.acquired);
     return r;
   }
 
