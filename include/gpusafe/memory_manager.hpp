@@ -238,7 +238,7 @@ class BasicMemoryManager {
 
   /// Attaches a resource (held weakly). Attaching the same resource twice has no effect.
   /// Throws InvalidArgument for a null pointer.
-  void attach(std::shared_ptr<Reclaimable> resource) {
+  void attach(const std::shared_ptr<Reclaimable>& resource) {
     if (!resource)
       throw InvalidArgument("MemoryManager '" + options_.name +
                             "': attach(nullptr): nothing to attach; pass pool.reclaimable() or "

@@ -116,6 +116,7 @@ bool for_each_unattached_framework_cache(const std::vector<std::shared_ptr<Recla
 inline std::vector<ResourceSnapshot> snapshot_resources(
     const std::vector<std::shared_ptr<Reclaimable>>& attached) {
   std::vector<ResourceSnapshot> out;
+  out.reserve(attached.size());
   for (const auto& r : attached)
     out.push_back({r->reclaimable_name(), r->reclaim_cost(), r->usage(), true});
   for_each_unattached_framework_cache(attached, [&](Reclaimable& r) {
