@@ -53,6 +53,10 @@ if(MODULE STREQUAL "gpusafe-cuda")
   # libcudart at run time (the toolkit's library folder may not be known to the loader).
   _pkg_config(_cudalibdir --variable=cudalibdir gpusafe-cuda)
   set(ENV{LD_LIBRARY_PATH} "${_cudalibdir}:$ENV{LD_LIBRARY_PATH}")
+else()
+  # gpusafe.pc has no CUDA: on machines whose compiler finds the CUDA headers by default, the
+  # documented way to build without libcudart.
+  list(APPEND _cmd -DGPUSAFE_WITH_CUDA=0 -DGPUSAFE_EXPECT_CUDA=0)
 endif()
 list(APPEND _cmd ${_flags} -o "${_exe}")
 string(REPLACE ";" " " _shown "${_cmd}")
