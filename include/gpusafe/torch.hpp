@@ -426,7 +426,7 @@ void add_tensor_bytes(const Tensors& tensors, std::unordered_set<const void*>& s
   for (const auto& t : tensors) {
     if (!t.defined()) continue;
     if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;  // shared (tied) tensors once
-    total += static_cast<std::size_t>(t.numel()) * t.element_size();
+    total += static_cast<std::size_t>(t.numel()) * static_cast<std::size_t>(t.element_size());
   }
 }
 

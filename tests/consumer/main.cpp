@@ -35,6 +35,10 @@
 #define GPUSAFE_EXPECT_TORCH 0
 #endif
 
+static_assert(GPUSAFE_VERSION == GPUSAFE_VERSION_MAJOR * 10000 + GPUSAFE_VERSION_MINOR * 100 +
+                                     GPUSAFE_VERSION_PATCH,
+              "GPUSAFE_VERSION, for #if checks, agrees with the version parts");
+
 #ifndef CONSUMER_NAME
 #define CONSUMER_NAME "consumer"
 #endif

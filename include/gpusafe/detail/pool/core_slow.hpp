@@ -368,8 +368,7 @@ BufferPoolStats PoolCore<Runtime>::stats() const {
     cs.overflow = c.overflow.load(std::memory_order_relaxed);
     cs.dropped = c.dropped.load(std::memory_order_relaxed);
     cs.acquires = acquired[i];
-    cs.in_use =
-        static_cast<std::size_t>(acquired[i] >= released[i] ? acquired[i] - released[i] : 0);
+    cs.in_use = acquired[i] >= released[i] ? acquired[i] - released[i] : 0;
     cs.cached = cached[i];
     cs.available = cached[i];
     {
