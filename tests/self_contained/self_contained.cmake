@@ -15,11 +15,6 @@ set(GPUSAFE_STRICT_WARNINGS_CLANG
     -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion -Wnon-virtual-dtor
     -Wold-style-cast -Wundef -Werror)
 set(GPUSAFE_STRICT_WARNINGS_GNU ${GPUSAFE_STRICT_WARNINGS_CLANG} -Wuseless-cast)
-# Known exception, to be removed with its fix: GCC counts a protected destructor as accessible
-# when the class has friends, so ForkAware (gpusafe/detail/fork.hpp: friend ForkAwareList,
-# protected non-virtual destructor) and every class derived from it trip -Wnon-virtual-dtor with
-# g++ only. clang++ checks the flag.
-list(APPEND GPUSAFE_STRICT_WARNINGS_GNU -Wno-non-virtual-dtor)
 
 function(gpusafe_strict_warnings out_var)
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")

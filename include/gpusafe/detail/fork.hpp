@@ -33,7 +33,10 @@ class ForkAware {
   ForkAware() = default;
   ForkAware(const ForkAware&) = delete;
   ForkAware& operator=(const ForkAware&) = delete;
-  ~ForkAware() = default;
+  // Virtual although no one deletes through this base: the list is a friend, so compilers
+  // (-Wnon-virtual-dtor) cannot tell. Declared after the other virtual functions, it keeps their
+  // places in this process-wide type's table.
+  virtual ~ForkAware() = default;
 
  private:
   friend struct ForkAwareList;
