@@ -47,6 +47,8 @@
 #if GPUSAFE_HAS_LSAN
 #include <sanitizer/lsan_interface.h>
 #endif
+#include "gpusafe/detail/release_log.hpp"
+#include "gpusafe/detail/runtime_calls.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
 
@@ -75,19 +77,6 @@ inline void mark_deliberate_leak(const void* p) noexcept {
 #else
   (void)p;
 #endif
-}
-
-/// Logs a failed status of a release-path call: benign and no-GPU codes at debug level, others
-/// as a warning. The caller makes sure it happens at most once per resource.
-inline void log_release_failure(const char* who, const char* call, int device, Status s) noexcept {
-  const ErrorClass c = s.error_class();
-  const LogLevel level = (c == ErrorClass::benign_at_shutdown || c == ErrorClass::no_gpu)
-                             ? LogLevel::debug
-                             : LogLevel::warning;
-  log_lazy(level, [&] {
-    return std::string(who) + ": " + call + " on device " + std::to_string(device) +
-           " failed with " + s.describe() + " (" + to_string(c) + "); ignored on this release path";
-  });
 }
 
 }  // namespace detail
@@ -180,19 +169,23 @@ class BasicSafeCudaCleanup {
   }
 
   void synchronize() noexcept {
+    using Calls = detail::RuntimeCalls<Runtime>;
     detail::BasicRuntimeCallGate<Runtime> gate;
-    if (!gate || !Runtime::gpu_available()) return;
+    if (!gate || !Calls::gpu_available()) return;
     int device = options_.device;
     if (device < 0) {
-      const Status s = Runtime::get_device(device);
+      const Status s = Calls::get_device(device);
       if (!s.ok()) {
-        detail::log_release_failure("SafeCudaCleanup", "get_device", -1, s);
+        detail::log_release_failure(nullptr, "SafeCudaCleanup", "get_device", -1, s,
+                                    detail::kIgnoredOnRelease);
         return;
       }
     }
     if (detail::is_poisoned(device)) return;
-    const Status s = Runtime::synchronize(device);
-    if (!s.ok()) detail::log_release_failure("SafeCudaCleanup", "synchronize", device, s);
+    const Status s = Calls::synchronize(device);
+    if (!s.ok())
+      detail::log_release_failure(nullptr, "SafeCudaCleanup", "synchronize", device, s,
+                                  detail::kIgnoredOnRelease);
   }
 
   /// `text` as a string, or an empty one when there is no memory for it (run() is noexcept).
@@ -540,31 +533,24 @@ class BasicDeviceGuard {
 
  public:
   explicit BasicDeviceGuard(int device) : device_(device) {
+    using Calls = detail::RuntimeCalls<Runtime>;
     const std::string what = "DeviceGuard(" + std::to_string(device) + ")";
     if (device < 0) throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
-    if (!Runtime::gpu_available()) {
+    if (!Calls::gpu_available()) {
       if (device == 0) return;
       if (detail::runtime_is_gone<Runtime>()) check_gpu_request(device, what);
-      throw InvalidArgument(what + ": there is no usable GPU (" + Runtime::name() +
+      throw InvalidArgument(what + ": there is no usable GPU (" + Calls::name() +
                             " runtime), so only index 0, the host, exists; pass 0");
     }
     // Held during the calls so that the exit handler waits for them (bounded) before the runtime
     // tears down; refused when forked or exiting, which check_gpu_request reports clearly.
     detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) check_gpu_request(device, what);
-    const Status current = Runtime::get_device(previous_);
-    if (!current.ok()) throw_status(current, what + ": reading the current device");
-    if (previous_ == device) return;
-    const Status s = Runtime::set_device(device);
-    if (!s.ok()) {
-      int count = 0;
-      if (s.code == codes::invalid_device && Runtime::device_count(count).ok())
-        throw InvalidArgument(what + ": no such device; this machine has " + std::to_string(count) +
-                                  " GPU(s), valid indices are 0.." + std::to_string(count - 1),
-                              s.code);
-      throw_status(s, what + ": switching device");
-    }
-    switched_ = true;
+    detail::DeviceSwitch<Runtime> on(device);
+    previous_ = on.previous();
+    if (!on.ok()) detail::throw_device_failure<Runtime>(on.status(), what, on.failed_step());
+    switched_ = on.switched();
+    on.keep();  // restored by the destructor
   }
 
   BasicDeviceGuard(const BasicDeviceGuard&) = delete;
@@ -574,8 +560,10 @@ class BasicDeviceGuard {
     if (!switched_) return;
     detail::BasicRuntimeCallGate<Runtime> gate;
     if (!gate) return;
-    const Status s = Runtime::set_device(previous_);
-    if (!s.ok()) detail::log_release_failure("DeviceGuard", "restoring the device", previous_, s);
+    const Status s = detail::RuntimeCalls<Runtime>::set_device(previous_);
+    if (!s.ok())
+      detail::log_release_failure(nullptr, "DeviceGuard", "restoring the device", previous_, s,
+                                  detail::kIgnoredOnRelease);
   }
 
   /// The device made current by this guard.

@@ -132,11 +132,11 @@ class BasicGpuHandle {
       throw InvalidArgument(w + ": negative device index; pass kCurrentDevice (-1) or a GPU index");
     Traits::check(params_, w);
     check_gpu_request(device < 0 ? 0 : device, w);
-    if (!Runtime::gpu_available()) detail::throw_no_gpu<Runtime>(w);
+    if (!detail::RuntimeCalls<Runtime>::gpu_available()) detail::throw_no_gpu<Runtime>(w);
     detail::BasicRuntimeCallGate<Runtime> gate;  // the exit handler waits for these calls
     if (!gate) check_gpu_request(device < 0 ? 0 : device, w);
     detail::DeviceSwitch<Runtime> on(device);
-    if (!on.ok()) throw_device_error(on.status(), w);
+    if (!on.ok()) detail::throw_device_failure<Runtime>(on.status(), w, "switching to the device");
     device_ = on.device();
     epoch_ = detail::device_epoch(device_);
     check_gpu_request(device_, w);  // the current device may be poisoned
@@ -146,15 +146,6 @@ class BasicGpuHandle {
     held_ = true;
     detail::counters_of(kind).created.fetch_add(1, std::memory_order_relaxed);
     track_id_ = detail::track_handle(kind, device_, site);
-  }
-
-  [[noreturn]] static void throw_device_error(Status s, const std::string& w) {
-    int count = 0;
-    if (s.code == codes::invalid_device && Runtime::device_count(count).ok())
-      throw InvalidArgument(w + ": no such device; this machine has " + std::to_string(count) +
-                                " GPU(s), valid indices are 0.." + std::to_string(count - 1),
-                            s.code);
-    throw_status(s, w + ": switching to the device");
   }
 
   ReleaseOutcome leak(LeakReason reason) noexcept {
@@ -286,7 +277,7 @@ struct StreamTraits {
       if (p.priority > kFakeLeastPriority || p.priority < kFakeGreatestPriority)
         return {codes::invalid_value};
       void* h = nullptr;
-      const Status s = R::handle_create(static_cast<int>(kind), &h);
+      const Status s = detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &h);
       out = h;
       return s;
 #if GPUSAFE_WITH_CUDA
@@ -309,7 +300,7 @@ struct StreamTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUDA
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       const cudaError_t rc = cudaStreamDestroy(h);
@@ -371,7 +362,7 @@ struct EventTraits {
     if constexpr (detail::kSimulatesHandles<R>) {
       (void)p;
       EventHandle e = nullptr;
-      const Status s = R::event_create(e);
+      const Status s = detail::RuntimeCalls<R>::event_create(e);
       out = e;
       return s;
 #if GPUSAFE_WITH_CUDA
@@ -390,7 +381,7 @@ struct EventTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::event_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::event_destroy(h));
 #if GPUSAFE_WITH_CUDA
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       const cudaError_t rc = cudaEventDestroy(h);
@@ -442,7 +433,7 @@ struct GraphExecTraits {
   static Status create(const Params& p, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
       (void)p;
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_CUDA
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       const cudaError_t rc =
@@ -460,7 +451,7 @@ struct GraphExecTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUDA
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       const cudaError_t rc = cudaGraphExecDestroy(h);

@@ -64,12 +64,12 @@ class BasicStreamPool {
                             "; a few streams per device (4 to 32) are usually enough");
     detail::arm_exit_flag<Runtime>();
     StreamTraits::check(options.params, what);
-    if (!Runtime::gpu_available() && !detail::runtime_is_gone<Runtime>()) {
+    if (!detail::RuntimeCalls<Runtime>::gpu_available() && !detail::runtime_is_gone<Runtime>()) {
       if (options.fallback == Fallback::error) detail::throw_no_gpu<Runtime>(what);
       device_ = options.device < 0 ? 0 : options.device;
       fell_back_ = true;
       log_lazy(LogLevel::info, [&] {
-        return what + ": no usable GPU on the " + Runtime::name() +
+        return what + ": no usable GPU on the " + detail::RuntimeCalls<Runtime>::name() +
                " runtime; handing out the null stream";
       });
       return;

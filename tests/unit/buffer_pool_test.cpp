@@ -560,7 +560,7 @@ TEST_F(BufferPoolTest, PoisonedDeviceRefusesAcquiresAndDropsReleases) {
   auto lease = pool.acquire(1);
   // A sticky error seen by any runtime call poisons the device.
   FakeRuntime::fail_call(FakeOp::synchronize, gs::codes::illegal_address);
-  EXPECT_EQ(FakeRuntime::synchronize(0).code, gs::codes::illegal_address);
+  EXPECT_EQ(gs::detail::RuntimeCalls<FakeRuntime>::synchronize(0).code, gs::codes::illegal_address);
   ASSERT_TRUE(gs::device_is_poisoned(0));
   expect_throw_with<gs::DevicePoisoned>([&] { pool.acquire(1); },
                                         {"'frames'", "notify_device_reset(0)"});

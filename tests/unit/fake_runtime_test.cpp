@@ -20,6 +20,8 @@ using gs::MemoryKind;
 using gs::testing::FakeMode;
 using gs::testing::FakeOp;
 using gs::testing::FakeRuntime;
+/// How the library calls the fake: the calls that arm the exit flag and record sticky errors.
+using Calls = gs::detail::RuntimeCalls<FakeRuntime>;
 
 namespace {
 
@@ -258,9 +260,13 @@ TEST_F(FakeRuntimeTest, FailNthAllocation) {
   EXPECT_EQ(FakeRuntime::live_allocations(), 3u);
   for (void* p : got) EXPECT_TRUE(FakeRuntime::deallocate(MemoryKind::device, 0, p).ok());
 
+  // Like CUDA, the fake only reports a sticky code; the library's calls record it.
   FakeRuntime::fail_nth_allocation(1, gs::codes::illegal_address);
   void* p = nullptr;
   EXPECT_EQ(FakeRuntime::allocate(MemoryKind::device, 1, 128, &p).code, gs::codes::illegal_address);
+  EXPECT_FALSE(gs::device_is_poisoned(1)) << "the runtime itself poisons nothing";
+  FakeRuntime::fail_nth_allocation(1, gs::codes::illegal_address);
+  EXPECT_EQ(Calls::allocate(MemoryKind::device, 1, 128, &p).code, gs::codes::illegal_address);
   EXPECT_TRUE(gs::device_is_poisoned(1)) << "a sticky code marks the device";
 }
 
@@ -309,6 +315,8 @@ TEST_F(FakeRuntimeTest, StickyModeRecordsThePoisonedDevice) {
   FakeRuntime::set_mode(FakeMode::sticky);
   EXPECT_FALSE(gs::device_is_poisoned(1));
   EXPECT_EQ(FakeRuntime::synchronize(1).code, gs::codes::illegal_address);
+  EXPECT_FALSE(gs::device_is_poisoned(1)) << "the runtime itself poisons nothing";
+  EXPECT_EQ(Calls::synchronize(1).code, gs::codes::illegal_address);
   EXPECT_TRUE(gs::device_is_poisoned(1));
   EXPECT_THROW(gs::check_gpu_request(1, "test"), gs::DevicePoisoned);
 }
@@ -553,7 +561,7 @@ TEST(FakeRuntimeBadInput, StickyErrorOnACallWithoutDevicePoisonsTheCurrentDevice
   ASSERT_TRUE(FakeRuntime::set_device(1).ok());
   gs::EventHandle event = nullptr;
   FakeRuntime::fail_call(FakeOp::event_create, gs::codes::illegal_address);
-  EXPECT_EQ(FakeRuntime::event_create(event).code, gs::codes::illegal_address);
+  EXPECT_EQ(Calls::event_create(event).code, gs::codes::illegal_address);
   EXPECT_TRUE(gs::device_is_poisoned(1));
   EXPECT_FALSE(gs::device_is_poisoned(0));
   gs::notify_device_reset(1);

@@ -344,7 +344,8 @@ TEST(Epochs, StickyStatusPoisonsUntilReset) {
   EXPECT_NO_THROW(gs::check_gpu_request(1, "before"));
 
   FakeRuntime::set_mode(gs::testing::FakeMode::sticky);
-  EXPECT_EQ(FakeRuntime::synchronize(1).error_class(), gs::ErrorClass::sticky);
+  EXPECT_EQ(gs::detail::RuntimeCalls<FakeRuntime>::synchronize(1).error_class(),
+            gs::ErrorClass::sticky);
   EXPECT_TRUE(gs::device_is_poisoned(1));
   EXPECT_FALSE(gs::device_is_poisoned(0)) << "only the failing device";
   try {
@@ -369,7 +370,7 @@ TEST(Epochs, NonStickyErrorsDoNotPoison) {
   FakeRuntime::reset(1);
   for (int code : {2, 4, 35, 100, 709, 999, 1}) {
     FakeRuntime::fail_call(gs::testing::FakeOp::synchronize, code);
-    EXPECT_EQ(FakeRuntime::synchronize(0).code, code);
+    EXPECT_EQ(gs::detail::RuntimeCalls<FakeRuntime>::synchronize(0).code, code);
     EXPECT_FALSE(gs::device_is_poisoned(0)) << code;
   }
 }

@@ -34,14 +34,14 @@ struct MemoryReading {
 template <class Runtime>
 MemoryReading read_device_memory(int device) noexcept {
   MemoryReading r;
-  r.is_gpu = Runtime::gpu_available();
+  r.is_gpu = RuntimeCalls<Runtime>::gpu_available();
   if (!r.is_gpu) {
     if (device != 0) return r;
     r.status = HostRuntime::memory_info(0, r.free_bytes, r.total_bytes);
   } else {
     BasicRuntimeCallGate<Runtime> gate;
     if (!gate) return r;
-    r.status = Runtime::memory_info(device, r.free_bytes, r.total_bytes);
+    r.status = RuntimeCalls<Runtime>::memory_info(device, r.free_bytes, r.total_bytes);
   }
   r.known = r.status.ok() && r.total_bytes > 0;
   return r;

@@ -1,7 +1,8 @@
 // gpusafe/detail/handle_support.hpp: the pieces of gpusafe/handles.hpp that the handle template
 // and the traits share: release outcomes, the traits' destroy result, the Runtime kind tests
-// (simulated handles, CUDA), a noexcept device switch, the NoGpu error naming its cause, and the
-// once-per-kind log lines. Include gpusafe/handles.hpp rather than this header.
+// (simulated handles, CUDA), the NoGpu error naming its cause, and the once-per-kind log lines.
+// The device switch is detail::DeviceSwitch (gpusafe/detail/runtime_calls.hpp). Include
+// gpusafe/handles.hpp rather than this header.
 //
 // Thread safety: stateless, except the once-per-kind log flags (atomic). Teardown: nothing here
 // calls the runtime unless admitted by the caller's gate.
@@ -13,6 +14,8 @@
 
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/handle_state.hpp"
+#include "gpusafe/detail/release_log.hpp"
+#include "gpusafe/detail/runtime_calls.hpp"
 #include "gpusafe/error.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -83,36 +86,6 @@ inline DestroyResult destroy_result(Status s) noexcept {
   return r;
 }
 
-/// Makes `device` current for a scope and restores the caller's device; never throws. With
-/// kCurrentDevice it only reads the current device. Check ok() before relying on the switch.
-template <class Runtime>
-class DeviceSwitch {
- public:
-  explicit DeviceSwitch(int device) noexcept : device_(device) {
-    status_ = Runtime::get_device(previous_);
-    if (!status_.ok()) return;
-    if (device_ < 0) device_ = previous_;
-    if (device_ == previous_) return;
-    status_ = Runtime::set_device(device_);
-    switched_ = status_.ok();
-  }
-  ~DeviceSwitch() {
-    if (switched_) (void)Runtime::set_device(previous_);
-  }
-  DeviceSwitch(const DeviceSwitch&) = delete;
-  DeviceSwitch& operator=(const DeviceSwitch&) = delete;
-
-  bool ok() const noexcept { return status_.ok(); }
-  Status status() const noexcept { return status_; }
-  int device() const noexcept { return device_; }
-
- private:
-  int device_;
-  int previous_ = 0;
-  bool switched_ = false;
-  Status status_;
-};
-
 /// Throws NoGpu naming why Runtime has no usable GPU ("no driver", "no device visible", ...), or
 /// ShuttingDown / ForkedChild when that is why the GPU became unusable.
 template <class Runtime>
@@ -132,11 +105,12 @@ template <class Runtime>
     BasicRuntimeCallGate<Runtime> gate;     // the exit handler waits for this call
     if (!gate) check_gpu_request(0, what);  // throws: refused only when exiting or forked
     int count = 0;
-    const Status s = Runtime::device_count(count);
+    const Status s = RuntimeCalls<Runtime>::device_count(count);
     if (!s.ok()) code = s.code;
     cause = s.ok() ? "no device" : s.describe();
   }
-  throw NoGpu(what + ": no usable GPU on the " + Runtime::name() + " runtime (" + cause +
+  throw NoGpu(what + ": no usable GPU on the " + RuntimeCalls<Runtime>::name() + " runtime (" +
+                  cause +
                   "); GPU handles need a GPU: check the driver and CUDA_VISIBLE_DEVICES, or take "
                   "the CPU path when gpusafe::is_cuda_available() is false",
               code);
@@ -146,16 +120,8 @@ template <class Runtime>
 template <class Traits>
 void log_destroy_failure_once(int device, Status s, const char* call) noexcept {
   static LogOnce once;
-  if (!once.first()) return;
-  const ErrorClass c = s.error_class();
-  const LogLevel level = (c == ErrorClass::benign_at_shutdown || c == ErrorClass::no_gpu)
-                             ? LogLevel::debug
-                             : LogLevel::warning;
-  log_lazy(level, [&] {
-    return std::string(to_string(Traits::kind)) + ": " + call + " on device " +
-           std::to_string(device) + " failed with " + s.describe() + " (" + to_string(c) +
-           "); the handle is forgotten (further failures of this kind are not logged)";
-  });
+  log_release_failure(&once, to_string(Traits::kind), call, device, s,
+                      "the handle is forgotten (further failures of this kind are not logged)");
 }
 
 /// Logs, once per kind, that a handle was aborted instead of destroyed and why.

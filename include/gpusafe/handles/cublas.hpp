@@ -82,7 +82,7 @@ struct CublasTraits {
   template <class R>
   static Status create(const Params&, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_CUBLAS
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::cublas_status(static_cast<int>(cublasCreate(&out)));
@@ -95,7 +95,7 @@ struct CublasTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUBLAS
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::destroy_result(detail::cublas_status(static_cast<int>(cublasDestroy(h))));
@@ -131,7 +131,7 @@ struct CublasLtTraits {
   template <class R>
   static Status create(const Params&, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_CUBLAS
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::cublas_status(static_cast<int>(cublasLtCreate(&out)));
@@ -144,7 +144,7 @@ struct CublasLtTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUBLAS
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::destroy_result(detail::cublas_status(static_cast<int>(cublasLtDestroy(h))));

@@ -78,7 +78,7 @@ struct CudnnTraits {
   template <class R>
   static Status create(const Params&, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_CUDNN
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::cudnn_status(static_cast<int>(cudnnCreate(&out)));
@@ -91,7 +91,7 @@ struct CudnnTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUDNN
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::destroy_result(detail::cudnn_status(static_cast<int>(cudnnDestroy(h))));

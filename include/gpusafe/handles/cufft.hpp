@@ -121,7 +121,7 @@ struct CufftTraits {
   static Status create(const Params& p, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
       (void)p;
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_CUFFT
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       int dims[3] = {p.dims[0], p.dims[1], p.dims[2]};
@@ -138,7 +138,7 @@ struct CufftTraits {
   template <class R>
   static DestroyResult destroy(Native<R> h, const Params&, bool) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return detail::destroy_result(R::handle_destroy(h));
+      return detail::destroy_result(detail::RuntimeCalls<R>::handle_destroy(h));
 #if GPUSAFE_WITH_CUFFT
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::destroy_result(detail::cufft_status(static_cast<int>(cufftDestroy(h))));

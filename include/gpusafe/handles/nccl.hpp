@@ -128,7 +128,7 @@ struct NcclTraits {
   template <class R>
   static Status query(Native<R> h) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_query(h);
+      return detail::RuntimeCalls<R>::handle_query(h);
 #if GPUSAFE_WITH_NCCL
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       ncclResult_t state = ncclSuccess;
@@ -144,7 +144,7 @@ struct NcclTraits {
   template <class R>
   static Status abort(Native<R> h) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_abort(h);
+      return detail::RuntimeCalls<R>::handle_abort(h);
 #if GPUSAFE_WITH_NCCL
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::nccl_status(static_cast<int>(ncclCommAbort(h)));
@@ -158,7 +158,7 @@ struct NcclTraits {
   template <class R>
   static Status create(const Params& p, Native<R>& out) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_create(static_cast<int>(kind), &out);
+      return detail::RuntimeCalls<R>::handle_create(static_cast<int>(kind), &out);
 #if GPUSAFE_WITH_NCCL
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       ncclUniqueId id;
@@ -199,7 +199,7 @@ struct NcclTraits {
     }
     if (!s.ok()) return aborted<R>(h, s);
     if constexpr (detail::kSimulatesHandles<R>) {
-      r.status = R::handle_destroy(h);
+      r.status = detail::RuntimeCalls<R>::handle_destroy(h);
 #if GPUSAFE_WITH_NCCL
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       r.status = detail::nccl_status(static_cast<int>(ncclCommDestroy(h)));
@@ -214,7 +214,7 @@ struct NcclTraits {
   template <class R>
   static Status finalize(Native<R> h) noexcept {
     if constexpr (detail::kSimulatesHandles<R>) {
-      return R::handle_finalize(h);
+      return detail::RuntimeCalls<R>::handle_finalize(h);
 #if GPUSAFE_WITH_NCCL
     } else if constexpr (detail::kIsCudaRuntime<R>) {
       return detail::nccl_status(static_cast<int>(ncclCommFinalize(h)));

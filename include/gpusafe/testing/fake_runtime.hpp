@@ -16,6 +16,10 @@
 // communicators) are simulated too (handle_create / handle_destroy / ...), belong to the device
 // current at their creation, and a communicator's finalisation can be made to hang until aborted.
 //
+// Like cudart, it only reports what happened: a sticky code is returned, and recording it against
+// the device is left to the library's calls (detail::RuntimeCalls), as for any Runtime. The
+// simulated state lives in gpusafe/testing/fake_state.hpp.
+//
 // Thread safety: all members may be called from any thread. Teardown: its state is leaked on
 // purpose and stays valid; in a forked child its lock is re-created and calls fail with 3, as
 // CUDA does in a child.
@@ -42,227 +46,10 @@
 #include "gpusafe/detail/process_state.hpp"
 #include "gpusafe/error.hpp"
 #include "gpusafe/runtime.hpp"
+#include "gpusafe/testing/fake_state.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
 namespace testing {
-
-/// Whole-runtime failure modes; the value is the code every call returns.
-enum class FakeMode : int {
-  normal = 0,
-  forked_child = codes::initialization_error,       // 3
-  runtime_unloading = codes::cudart_unloading,      // 4
-  no_driver = codes::insufficient_driver,           // 35
-  no_device = codes::no_device,                     // 100
-  sticky = codes::illegal_address,                  // 700
-  context_destroyed = codes::context_is_destroyed,  // 709
-  trap = -1,                                        // abort() on any call
-};
-
-/// The operations of the Runtime concept, for counters and per-call faults.
-enum class FakeOp : int {
-  device_count,
-  allocate,
-  deallocate,
-  memory_info,
-  synchronize,
-  get_device,
-  set_device,
-  device_properties,
-  event_create,
-  event_destroy,
-  event_record,
-  event_query,
-  initialize,
-  handle_create,  ///< a stream, graph, library handle or communicator (handles.hpp)
-  handle_destroy,
-  handle_finalize,  ///< the non-blocking finalisation of a communicator
-  handle_query,     ///< a communicator's asynchronous error (in progress = not_ready)
-  handle_abort,
-  count_
-};
-
-constexpr const char* to_string(FakeOp op) noexcept {
-  constexpr const char* names[] = {
-      "device_count",    "allocate",     "deallocate",        "memory_info",   "synchronize",
-      "get_device",      "set_device",   "device_properties", "event_create",  "event_destroy",
-      "event_record",    "event_query",  "initialize",        "handle_create", "handle_destroy",
-      "handle_finalize", "handle_query", "handle_abort"};
-  return op < FakeOp::count_ ? names[static_cast<int>(op)] : "?";
-}
-
-namespace detail_fake {
-
-constexpr int kOpCount = static_cast<int>(FakeOp::count_);
-
-struct Device {
-  std::size_t capacity = 0;
-  std::size_t used = 0;
-  bool override_info = false;
-  std::size_t info_free = 0;
-  std::size_t info_total = 0;
-};
-
-struct Allocation {
-  std::size_t bytes;
-  int device;
-  MemoryKind kind;
-  bool mapped;  // an inaccessible mapping (protect_device_memory), freed with munmap
-};
-
-inline std::size_t page_rounded(std::size_t bytes) noexcept {
-  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  return bytes == 0 ? page : (bytes + page - 1) / page * page;
-}
-
-struct Fault {
-  FakeOp op;
-  int code;
-  std::uint64_t skip;  // calls of op to let through first
-  std::int64_t times;  // failures left; -1 = forever
-};
-
-/// Devices with a null stream of their own; more than any test uses.
-constexpr int kMaxFakeDevices = 64;
-
-struct Stream {
-  int device = 0;
-  std::atomic<std::uint64_t> enqueued{0};
-  std::atomic<std::uint64_t> completed{0};
-};
-
-struct Event {
-  int device = 0;
-  Stream* stream = nullptr;
-  std::uint64_t ticket = 0;
-};
-
-/// A simulated handle of handles.hpp (a graph, a library handle, a communicator): it belongs to
-/// the device current at its creation. Streams are simulated by `Stream` above.
-struct Handle {
-  int kind = 0;
-  int device = 0;
-  void* object = nullptr;  // the Stream of a stream handle, else the Handle itself
-  bool finalizing = false;
-  int async_error = 0;
-};
-
-/// The kind value handles.hpp passes for streams (HandleKind::stream).
-constexpr int kStreamHandleKind = 0;
-
-struct State {
-  std::mutex mutex;
-  std::unordered_map<void*, Handle*> handles;
-  std::atomic<bool> hang_finalize{false};
-  std::atomic<std::uint64_t> invalid_handle_destroys{0};
-  std::atomic<bool> started{false};
-  std::atomic<bool> torn_down{false};
-  std::atomic<bool> trap_after_teardown{false};
-  std::atomic<bool> protect_device{false};
-  std::atomic<int> mode{0};
-  std::atomic<int> device_count{1};
-  std::vector<Device> devices{Device{std::size_t{1} << 30}};
-  std::atomic<std::uint64_t> calls[kOpCount] = {};
-  std::atomic<std::uint64_t> calls_after_teardown{0};
-  std::atomic<std::uint64_t> invalid_frees{0};
-  std::vector<Fault> faults;
-  std::unordered_map<void*, Allocation> allocations;
-  Stream null_streams[kMaxFakeDevices];
-  pid_t pid = ::getpid();
-
-  State() {
-    for (int d = 0; d < kMaxFakeDevices; ++d) null_streams[d].device = d;
-  }
-};
-
-inline State& state() noexcept {
-  static NoDestructor<State> instance;
-  return instance.get();
-}
-
-inline thread_local int current_device = 0;
-
-/// The stream a handle names: a created stream, or the current device's null stream.
-inline Stream* stream_of(StreamHandle s) noexcept {
-  if (s) return static_cast<Stream*>(s);
-  const int d = current_device;
-  return &state().null_streams[d < 0 || d >= kMaxFakeDevices ? 0 : d];
-}
-
-inline void teardown() noexcept { state().torn_down.store(true, std::memory_order_seq_cst); }
-
-inline void reset_lock_in_child() noexcept { new (&state().mutex) std::mutex(); }
-
-[[noreturn]] inline void trap(FakeOp op, const char* why) noexcept {
-  std::fprintf(stderr, "FakeRuntime trap: %s called %s\n", to_string(op), why);
-  std::fflush(stderr);
-  std::abort();
-}
-
-/// The code of the first per-call fault that matches the nth call of `op`, or 0.
-inline int injected_fault(State& st, FakeOp op, std::uint64_t nth) noexcept {
-  std::lock_guard<std::mutex> lock(st.mutex);
-  for (auto it = st.faults.begin(); it != st.faults.end(); ++it) {
-    if (it->op != op) continue;
-    if (nth < it->skip) continue;
-    const int code = it->code;
-    if (it->times > 0 && --it->times == 0) st.faults.erase(it);
-    return code;
-  }
-  return 0;
-}
-
-/// Like cudart's lazy initialisation: the first call of any kind, by anyone, registers the
-/// runtime's own teardown with atexit.
-inline void start_once(State& st) noexcept {
-  if (st.started.exchange(true)) return;
-  std::atexit(&teardown);
-  gpusafe::detail::add_fork_child_hook(&reset_lock_in_child);
-}
-
-/// The prologue of initialize(): the probe real CUDA answers safely at any time (4 after its
-/// teardown), so it never traps.
-inline int enter_probe() noexcept {
-  State& st = state();
-  start_once(st);
-  const std::uint64_t nth =
-      st.calls[static_cast<int>(FakeOp::initialize)].fetch_add(1, std::memory_order_relaxed);
-  if (st.torn_down.load(std::memory_order_seq_cst)) return codes::cudart_unloading;
-  if (st.pid != ::getpid()) return codes::initialization_error;
-  const int mode = st.mode.load(std::memory_order_acquire);
-  if (mode != 0 && mode != static_cast<int>(FakeMode::trap)) return mode;
-  return injected_fault(st, FakeOp::initialize, nth);
-}
-
-/// The common prologue of every call: counting, teardown, modes, child, faults. Returns the code
-/// the call must fail with, or 0 to go on.
-inline int enter(FakeOp op) noexcept {
-  State& st = state();
-  start_once(st);
-  const std::uint64_t nth = st.calls[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);
-  if (st.torn_down.load(std::memory_order_seq_cst)) {
-    st.calls_after_teardown.fetch_add(1, std::memory_order_relaxed);
-    if (st.trap_after_teardown.load()) trap(op, "after the runtime's teardown");
-    return codes::cudart_unloading;
-  }
-  const int mode = st.mode.load(std::memory_order_acquire);
-  if (mode == static_cast<int>(FakeMode::trap)) trap(op, "in trap mode");
-  if (st.pid != ::getpid()) return codes::initialization_error;
-  if (mode != 0) return mode;
-  return injected_fault(st, op, nth);
-}
-
-inline bool valid_device(int device) noexcept {
-  return device >= 0 && device < state().device_count.load();
-}
-
-/// The simulated device `device`, or null when there is none; st.mutex must be held (a reset()
-/// on another thread may change the number of devices).
-inline Device* device_locked(State& st, int device) noexcept {
-  if (device < 0 || static_cast<std::size_t>(device) >= st.devices.size()) return nullptr;
-  return &st.devices[static_cast<std::size_t>(device)];
-}
-
-}  // namespace detail_fake
 
 /// A simulated GPU runtime (see the header comment). Configuration functions are for tests; the
 /// rest is the Runtime concept, as in HostRuntime.
@@ -455,7 +242,7 @@ class FakeRuntime {
 
   static Status device_count(int& count) noexcept {
     count = 0;
-    return finish(FakeOp::device_count, -1, [&] {
+    return finish(FakeOp::device_count, [&] {
       count = state().device_count.load();
       return count > 0 ? codes::success : codes::no_device;
     });
@@ -463,17 +250,17 @@ class FakeRuntime {
 
   static Status allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
     *out = nullptr;
-    return finish(FakeOp::allocate, device, [&] { return do_allocate(kind, device, bytes, out); });
+    return finish(FakeOp::allocate, [&] { return do_allocate(kind, device, bytes, out); });
   }
 
-  static Status deallocate(MemoryKind kind, int device, void* p) noexcept {
-    return finish(FakeOp::deallocate, device, [&] { return do_deallocate(kind, p); });
+  static Status deallocate(MemoryKind kind, int, void* p) noexcept {
+    return finish(FakeOp::deallocate, [&] { return do_deallocate(kind, p); });
   }
 
   static Status memory_info(int device, std::size_t& free_bytes,
                             std::size_t& total_bytes) noexcept {
     free_bytes = total_bytes = 0;
-    return finish(FakeOp::memory_info, device, [&] {
+    return finish(FakeOp::memory_info, [&] {
       State& st = state();
       std::lock_guard<std::mutex> lock(st.mutex);
       const detail_fake::Device* d = detail_fake::device_locked(st, device);
@@ -485,20 +272,20 @@ class FakeRuntime {
   }
 
   static Status synchronize(int device) noexcept {
-    return finish(FakeOp::synchronize, device, [&] {
+    return finish(FakeOp::synchronize, [&] {
       return detail_fake::valid_device(device) ? codes::success : codes::invalid_device;
     });
   }
 
   static Status get_device(int& device) noexcept {
-    return finish(FakeOp::get_device, -1, [&] {
+    return finish(FakeOp::get_device, [&] {
       device = detail_fake::current_device;
       return codes::success;
     });
   }
 
   static Status set_device(int device) noexcept {
-    return finish(FakeOp::set_device, device, [&] {
+    return finish(FakeOp::set_device, [&] {
       if (!detail_fake::valid_device(device)) return codes::invalid_device;
       detail_fake::current_device = device;
       return codes::success;
@@ -506,7 +293,7 @@ class FakeRuntime {
   }
 
   static Status device_properties(int device, DeviceProperties& props) noexcept {
-    return finish(FakeOp::device_properties, device, [&] {
+    return finish(FakeOp::device_properties, [&] {
       if (!detail_fake::valid_device(device)) return codes::invalid_device;
       try {
         props.name = "FakeRuntime device " + std::to_string(device);
@@ -522,7 +309,7 @@ class FakeRuntime {
 
   static Status event_create(EventHandle& event) noexcept {
     event = nullptr;
-    return finish(FakeOp::event_create, -1, [&] {
+    return finish(FakeOp::event_create, [&] {
       auto* e = new (std::nothrow) detail_fake::Event();
       if (!e) return codes::memory_allocation;
       e->device = detail_fake::current_device;
@@ -531,13 +318,13 @@ class FakeRuntime {
     });
   }
   static Status event_destroy(EventHandle event) noexcept {
-    return finish(FakeOp::event_destroy, -1, [&] {
+    return finish(FakeOp::event_destroy, [&] {
       delete static_cast<detail_fake::Event*>(event);
       return codes::success;
     });
   }
   static Status event_record(EventHandle event, StreamHandle stream) noexcept {
-    return finish(FakeOp::event_record, -1, [&] {
+    return finish(FakeOp::event_record, [&] {
       auto* e = static_cast<detail_fake::Event*>(event);
       if (!e) return codes::invalid_resource_handle;
       detail_fake::Stream* target = detail_fake::stream_of(stream);
@@ -549,7 +336,7 @@ class FakeRuntime {
     });
   }
   static Status event_query(EventHandle event) noexcept {
-    return finish(FakeOp::event_query, -1, [&] {
+    return finish(FakeOp::event_query, [&] {
       auto* e = static_cast<detail_fake::Event*>(event);
       if (!e) return codes::invalid_resource_handle;
       const bool done = !e->stream || e->stream->completed.load() >= e->ticket;
@@ -561,15 +348,15 @@ class FakeRuntime {
   /// stream handle is a simulated stream (usable with event_record); others are opaque.
   static Status handle_create(int kind, void** out) noexcept {
     *out = nullptr;
-    return finish(FakeOp::handle_create, -1, [&] { return do_handle_create(kind, out); });
+    return finish(FakeOp::handle_create, [&] { return do_handle_create(kind, out); });
   }
   static Status handle_destroy(void* handle) noexcept {
-    return finish(FakeOp::handle_destroy, -1, [&] { return do_handle_release(handle); });
+    return finish(FakeOp::handle_destroy, [&] { return do_handle_release(handle); });
   }
   /// Starts a communicator's finalisation; it is in progress (not_ready) until handle_query says
   /// otherwise.
   static Status handle_finalize(void* handle) noexcept {
-    return finish(FakeOp::handle_finalize, -1, [&] {
+    return finish(FakeOp::handle_finalize, [&] {
       State& st = state();
       std::lock_guard<std::mutex> lock(st.mutex);
       const auto it = st.handles.find(handle);
@@ -581,7 +368,7 @@ class FakeRuntime {
   /// A communicator's state: its asynchronous error, not_ready while a finalisation hangs,
   /// success otherwise.
   static Status handle_query(void* handle) noexcept {
-    return finish(FakeOp::handle_query, -1, [&] {
+    return finish(FakeOp::handle_query, [&] {
       State& st = state();
       std::lock_guard<std::mutex> lock(st.mutex);
       const auto it = st.handles.find(handle);
@@ -593,7 +380,7 @@ class FakeRuntime {
   }
   /// Aborts a communicator (frees it whatever state it is in).
   static Status handle_abort(void* handle) noexcept {
-    return finish(FakeOp::handle_abort, -1, [&] { return do_handle_release(handle); });
+    return finish(FakeOp::handle_abort, [&] { return do_handle_release(handle); });
   }
 
  private:
@@ -610,10 +397,10 @@ class FakeRuntime {
   }
 
   template <class Body>
-  static Status finish(FakeOp op, int device, Body&& body) noexcept {
+  static Status finish(FakeOp op, Body&& body) noexcept {
     int code = detail_fake::enter(op);
     if (code == 0) code = body();
-    return gpusafe::detail::note_status({code}, device < 0 ? detail_fake::current_device : device);
+    return {code};
   }
 
   static int do_handle_create(int kind, void** out) noexcept {

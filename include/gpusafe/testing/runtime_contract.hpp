@@ -9,6 +9,9 @@
 // at namespace scope (the suite lives in gpusafe::testing; `using namespace gpusafe::testing;` or
 // qualify it). What the contract asks is documented in docs/runtime.md.
 //
+// The last case checks the library's side of the seam over the Runtime (detail::RuntimeCalls):
+// it forwards, arms gpusafe's exit flag, and records nothing for a usage error.
+//
 // Thread safety: the cases run on the test's thread. Teardown: each case releases what it made.
 #ifndef GPUSAFE_TESTING_RUNTIME_CONTRACT_HPP
 #define GPUSAFE_TESTING_RUNTIME_CONTRACT_HPP
@@ -131,14 +134,26 @@ TYPED_TEST_P(RuntimeContract, EventsRecordQueryAndDestroy) {
   EXPECT_TRUE(TypeParam::event_destroy(event).ok());
 }
 
-REGISTER_TYPED_TEST_SUITE_P(RuntimeContract, ModelsTheConceptWithNoexceptReleaseSide,
-                            InitializeIsRepeatableAndNeverFailsWhileAlive,
-                            DeviceCountAgreesWithGpuAvailable,
-                            HostMemoryAlwaysWorksAlignedAndWritable,
-                            DeviceAllocationSucceedsOrFailsCleanly,
-                            MemoryInfoIsConsistentWhenItAnswers,
-                            CurrentDeviceRoundTripsAndBadIndicesAreUsageErrors,
-                            EventsRecordQueryAndDestroy);
+TYPED_TEST_P(RuntimeContract, TheLibrarysCallsForwardArmAndPoisonNothingOnUsageErrors) {
+  using Calls = detail::RuntimeCalls<TypeParam>;
+  int direct = -1, through = -1;
+  const Status a = TypeParam::device_count(direct);
+  const Status b = Calls::device_count(through);
+  EXPECT_EQ(a.code, b.code) << a.describe() << " vs " << b.describe();
+  EXPECT_EQ(direct, through);
+  EXPECT_EQ(detail::exit_arm_state<TypeParam>.load(), 2)
+      << "the library's first call arms gpusafe's exit flag";
+  const bool poisoned_before = detail::is_poisoned(0);
+  EXPECT_FALSE(Calls::set_device(-1).ok()) << "set_device(-1) must fail";
+  EXPECT_EQ(detail::is_poisoned(0), poisoned_before) << "a bad index poisons nothing";
+}
+
+REGISTER_TYPED_TEST_SUITE_P(
+    RuntimeContract, ModelsTheConceptWithNoexceptReleaseSide,
+    InitializeIsRepeatableAndNeverFailsWhileAlive, DeviceCountAgreesWithGpuAvailable,
+    HostMemoryAlwaysWorksAlignedAndWritable, DeviceAllocationSucceedsOrFailsCleanly,
+    MemoryInfoIsConsistentWhenItAnswers, CurrentDeviceRoundTripsAndBadIndicesAreUsageErrors,
+    EventsRecordQueryAndDestroy, TheLibrarysCallsForwardArmAndPoisonNothingOnUsageErrors);
 
 }  // namespace testing
 GPUSAFE_NAMESPACE_END

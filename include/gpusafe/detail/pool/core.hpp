@@ -483,15 +483,13 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
       return false;
     }
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);  // the event belongs to that device
-    const Status r = Runtime::event_record(s.events[st.slot], st.stream);
+    const Status r = RuntimeCalls<Runtime>::event_record(s.events[st.slot], st.stream);
     if (r.ok()) return true;
     // Without the event the slot cannot be known idle: keep it out of circulation.
     c.dropped.fetch_add(1, std::memory_order_relaxed);
-    if (event_failed_.first())
-      log_lazy(LogLevel::warning, [&] {
-        return this->pool_label() + ": recording the release event failed (" + r.describe() +
-               "); the buffer is kept out of circulation";
-      });
+    log_release_failure(
+        &event_failed_, [this] { return this->pool_label(); }, "recording the release event", -1, r,
+        "the buffer is kept out of circulation");
     return false;
   }
 

@@ -32,7 +32,7 @@ std::string pool_no_gpu_cause(int* code) {
 #endif
   }
   int count = 0;
-  const Status s = Runtime::device_count(count);
+  const Status s = RuntimeCalls<Runtime>::device_count(count);
   *code = s.code;
   if (s.ok()) return count > 0 ? "the device is not usable" : "no device visible";
   switch (s.code) {
@@ -58,8 +58,8 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
     int code = 0;
     const std::string cause = pool_no_gpu_cause<Runtime>(&code);
     throw NoGpu(this->pool_label() + ": " + to_string(options_.kind) +
-                    " memory was asked for with Fallback::error, but the " + Runtime::name() +
-                    " runtime has no usable GPU (" + cause +
+                    " memory was asked for with Fallback::error, but the " +
+                    RuntimeCalls<Runtime>::name() + " runtime has no usable GPU (" + cause +
                     "); fix that (check the driver and CUDA_VISIBLE_DEVICES) or use "
                     "Fallback::host to run on the CPU",
                 code);
@@ -73,8 +73,8 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
     log_lazy(LogLevel::warning, [&] {
       int code = 0;
       return this->pool_label() + ": " + to_string(options_.kind) +
-             " memory was asked for but the " + Runtime::name() + " runtime has no usable GPU (" +
-             pool_no_gpu_cause<Runtime>(&code) +
+             " memory was asked for but the " + RuntimeCalls<Runtime>::name() +
+             " runtime has no usable GPU (" + pool_no_gpu_cause<Runtime>(&code) +
              "); buffers are served from host memory (use Fallback::error to refuse)";
     });
   nclasses_ = options_.classes.size();
@@ -108,7 +108,7 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
 template <class Runtime>
 void PoolCore<Runtime>::check_device_exists() const {
   int count = 0;
-  if (!Runtime::device_count(count).ok() || options_.device < count) return;
+  if (!RuntimeCalls<Runtime>::device_count(count).ok() || options_.device < count) return;
   throw InvalidArgument(this->pool_label() + ": device " + std::to_string(options_.device) +
                         " does not exist; this machine has " + std::to_string(count) +
                         " GPU(s), so valid indices are 0.." + std::to_string(count - 1) +
@@ -281,8 +281,8 @@ BufferLease PoolCore<Runtime>::allocate_overflow(PoolClass* c, std::uint32_t ci,
     const Status s = this->raw_allocate(bytes, &p);
     if (!s.ok() || !p) {
       if (c) c->failures.fetch_add(1, std::memory_order_relaxed);
-      throw_status(s.ok() ? Status{codes::memory_allocation} : s, what,
-                   "free memory, raise the class counts, or release leases sooner");
+      throw_allocation_failure(s, what,
+                               "free memory, raise the class counts, or release leases sooner");
     }
   }
   LeaseState st;
@@ -320,11 +320,12 @@ void PoolCore<Runtime>::release_overflow(void* data, std::size_t bytes, LeaseSta
     } else {
       PoolDeviceScope<Runtime> scope(gpu_, options_.device);
       const Status s = this->raw_deallocate(data);
-      if (!s.ok() && s.error_class() != ErrorClass::benign_at_shutdown &&
-          this->free_failed_.first())
-        log_lazy(LogLevel::warning, [&] {
-          return this->pool_label() + ": freeing an overflow buffer failed: " + s.describe();
-        });
+      if (!s.ok())
+        log_release_failure(
+            &this->free_failed_, [this] { return this->pool_label(); },
+            "freeing an overflow buffer", -1, s,
+            "the memory is forgotten (further failures of this pool are not logged)",
+            BenignFailures::unlogged);
     }
   }
   drop();  // last: may delete this

@@ -27,6 +27,9 @@
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/pool/free_slots.hpp"
 #include "gpusafe/detail/pool/options.hpp"
+#include "gpusafe/detail/release_log.hpp"
+#include "gpusafe/detail/runtime_calls.hpp"
+#include "gpusafe/detail/runtime_errors.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -60,30 +63,15 @@ inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
   }
 }
 
-/// Makes `device` current for the scope and restores the caller's device (rule 7). No-op for
-/// host memory. Never throws.
+/// Makes the pool's device current for the scope and restores the caller's device (rule 7); no
+/// call for host memory. Never throws.
 template <class Runtime>
 class PoolDeviceScope {
  public:
-  PoolDeviceScope(bool active, int device) noexcept {
-    if (!active) return;
-    int current = 0;
-    if (Runtime::get_device(current).ok() && current != device) {
-      if (Runtime::set_device(device).ok()) {
-        previous_ = current;
-        switched_ = true;
-      }
-    }
-  }
-  ~PoolDeviceScope() {
-    if (switched_) (void)Runtime::set_device(previous_);
-  }
-  PoolDeviceScope(const PoolDeviceScope&) = delete;
-  PoolDeviceScope& operator=(const PoolDeviceScope&) = delete;
+  PoolDeviceScope(bool active, int device) noexcept : switch_(device, active) {}
 
  private:
-  int previous_ = 0;
-  bool switched_ = false;
+  DeviceSwitch<Runtime> switch_;
 };
 
 /// One slab's memory and bookkeeping. Metadata of a slab that was retired (device reset) or
@@ -147,11 +135,11 @@ class PoolSlabs {
   // runtime, so host pools keep working in a forked child and while the process exits.
   Status raw_allocate(std::size_t bytes, void** out) const noexcept {
     if (!gpu_) return HostRuntime::allocate(MemoryKind::host, 0, bytes, out);
-    return Runtime::allocate(kind_, options_.device, bytes, out);
+    return RuntimeCalls<Runtime>::allocate(kind_, options_.device, bytes, out);
   }
   Status raw_deallocate(void* p) const noexcept {
     if (!gpu_) return HostRuntime::deallocate(MemoryKind::host, 0, p);
-    return Runtime::deallocate(kind_, options_.device, p);
+    return RuntimeCalls<Runtime>::deallocate(kind_, options_.device, p);
   }
 
   /// Admission to a runtime call on the acquire side: throws when the process is exiting or
@@ -184,19 +172,20 @@ class PoolSlabs {
     void* raw = nullptr;
     const Status s = raw_allocate(bytes, &raw);
     if (!s.ok() || raw == nullptr)
-      throw_status(s.ok() ? Status{codes::memory_allocation} : s, what,
-                   "lower the count or size of the class, free memory, or trim other pools");
+      throw_allocation_failure(
+          s, what, "lower the count or size of the class, free memory, or trim other pools");
     std::unique_ptr<EventHandle[]> events;
     if (wants_events()) {
       std::size_t made = 0;
       try {
         events.reset(new EventHandle[count]());
         for (; made < count; ++made) {
-          const Status es = Runtime::event_create(events[made]);
+          const Status es = RuntimeCalls<Runtime>::event_create(events[made]);
           if (!es.ok()) throw_status(es, what + ": creating the per-buffer stream events");
         }
       } catch (...) {
-        for (std::size_t k = 0; k < made; ++k) (void)Runtime::event_destroy(events[k]);
+        for (std::size_t k = 0; k < made; ++k)
+          (void)RuntimeCalls<Runtime>::event_destroy(events[k]);
         (void)raw_deallocate(raw);
         throw;
       }
@@ -238,22 +227,23 @@ class PoolSlabs {
     PoolDeviceScope<Runtime> scope(gpu_, options_.device);
     if (events) destroy_events(events.get(), s.bitmap.count());
     const Status st = raw_deallocate(raw);
-    if (!st.ok() && st.error_class() != ErrorClass::benign_at_shutdown && free_failed_.first())
-      log_lazy(LogLevel::warning,
-               [&] { return pool_label() + ": freeing a slab failed: " + st.describe(); });
+    if (!st.ok())
+      log_release_failure(
+          &free_failed_, [this] { return pool_label(); }, "freeing a slab", -1, st,
+          "the memory is forgotten (further failures of this pool are not logged)",
+          BenignFailures::unlogged);
   }
 
   /// Destroys a slab's stream events (runtime gate held, device current); a failure is logged
   /// once per pool.
   void destroy_events(EventHandle* events, std::size_t count) noexcept {
     for (std::size_t k = 0; k < count; ++k) {
-      const Status st = Runtime::event_destroy(events[k]);
-      if (st.ok() || st.error_class() == ErrorClass::benign_at_shutdown) continue;
-      if (event_destroy_failed_.first())
-        log_lazy(LogLevel::warning, [&] {
-          return pool_label() + ": destroying a stream event failed with " + st.describe() +
-                 "; the event was dropped (further failures of this pool are not logged)";
-        });
+      const Status st = RuntimeCalls<Runtime>::event_destroy(events[k]);
+      if (st.ok()) continue;
+      log_release_failure(
+          &event_destroy_failed_, [this] { return pool_label(); }, "destroying a stream event", -1,
+          st, "the event was dropped (further failures of this pool are not logged)",
+          BenignFailures::unlogged);
     }
   }
 
@@ -340,7 +330,7 @@ class PoolSlabs {
   /// Whether the work recorded on a slot's event has finished; false when it cannot be asked.
   static bool event_done(EventHandle event) noexcept {
     BasicRuntimeCallGate<Runtime> gate;
-    return gate && Runtime::event_query(event).code == codes::success;
+    return gate && RuntimeCalls<Runtime>::event_query(event).code == codes::success;
   }
 
   void notify(PoolClass& c) noexcept {
@@ -391,7 +381,8 @@ class PoolSlabs {
       std::uint64_t p = s.bitmap.word(w).pending.load(std::memory_order_relaxed);
       for (; p; p &= p - 1) {
         const std::uint32_t slot = w * 64 + static_cast<std::uint32_t>(ctz64(p));
-        if (Runtime::event_query(s.events[slot]).code == codes::not_ready) return true;
+        if (RuntimeCalls<Runtime>::event_query(s.events[slot]).code == codes::not_ready)
+          return true;
       }
     }
     return false;
