@@ -414,7 +414,8 @@ class BasicMemoryManager {
   friend Controller;
 
   MemoryReportSubject report_subject() const {
-    return {options_.name, options_.release_threshold, std::string(Runtime::name())};
+    return {options_.name, options_.release_threshold,
+            std::string(detail::RuntimeCalls<Runtime>::name())};
   }
 
   bool frame_cleanup(std::uint64_t n) noexcept {
@@ -465,7 +466,9 @@ class BasicMemoryManager {
 
   /// The device to put in reclaim requests: -1 (every resource) when the watched memory is the
   /// host's, since pools that fell back to host memory serve no device.
-  int request_device() const noexcept { return Runtime::gpu_available() ? options_.device : -1; }
+  int request_device() const noexcept {
+    return detail::RuntimeCalls<Runtime>::gpu_available() ? options_.device : -1;
+  }
 
   /// Reads the watched device's memory (the cache's watermarks read it the same way); warns once
   /// while the runtime's call fails.
