@@ -86,7 +86,7 @@ struct ManagerSync final : ForkAware {
   std::mutex sink;     // calls to the user's log sink
 
   ManagerSync() noexcept { enrol_fork_aware(this); }
-  ~ManagerSync() { withdraw_fork_aware(this); }
+  ~ManagerSync() override { withdraw_fork_aware(this); }
 
   void lock_for_fork() noexcept override {
     attach.lock();

@@ -30,6 +30,7 @@
 
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/fork.hpp"
+#include "gpusafe/detail/thread_annotations.hpp"
 #include "gpusafe/lifecycle.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
@@ -50,7 +51,7 @@ class PeriodicThread {
   /// stopped from inside its own tick and has not left its loop yet. Does nothing when it runs
   /// already. Throws std::system_error when the thread cannot be created.
   void start(std::chrono::milliseconds interval) {
-    std::lock_guard<std::mutex> control(sync_.control);
+    MutexLock control(sync_.control);
     forget_foreign_thread();
     if (thread_.joinable() && keep_loop_running(interval)) return;
     if (thread_.joinable()) thread_.join();  // its loop has ended: nothing left to wait for
@@ -68,7 +69,7 @@ class PeriodicThread {
       end_loop_from_inside();
       return;
     }
-    std::lock_guard<std::mutex> control(sync_.control);
+    MutexLock control(sync_.control);
     stop_locked();
   }
 
@@ -82,17 +83,17 @@ class PeriodicThread {
  private:
   /// The locks. In a forked child they are built anew: their holders do not exist there.
   struct Sync final : ForkAware {
-    std::mutex loop;     // stop_requested_, loop_ended_, interval_; with `wake`
-    std::mutex control;  // start() and stop() against each other
-    std::condition_variable wake;
+    Mutex loop;     // stop_requested_, loop_ended_, interval_; with `wake`
+    Mutex control;  // start() and stop() against each other
+    std::condition_variable_any wake;
 
     Sync() noexcept { enrol_fork_aware(this); }
-    ~Sync() { withdraw_fork_aware(this); }
+    ~Sync() override { withdraw_fork_aware(this); }
 
     void recreate_locks_in_child() noexcept override {
-      new (&loop) std::mutex();
-      new (&control) std::mutex();
-      new (&wake) std::condition_variable();
+      new (&loop) Mutex();
+      new (&control) Mutex();
+      new (&wake) std::condition_variable_any();
     }
   };
 
@@ -104,23 +105,32 @@ class PeriodicThread {
 
   void loop() noexcept {
     current() = this;
-    std::unique_lock<std::mutex> lock(sync_.loop);
+    sync_.loop.lock();
     while (!stop_requested_) {
-      if (sync_.wake.wait_for(lock, interval_, [this] { return stop_requested_; })) break;
+      if (sleep_or_stop()) break;
       // Once exiting, only sleep: the runtime may be torn down, and whoever destroys the owner
       // joins this thread. A thread started in a forked child does run there.
       if (process_is_exiting()) continue;
-      lock.unlock();
+      sync_.loop.unlock();
       tick_();
-      lock.lock();
+      sync_.loop.lock();
     }
     loop_ended_ = true;
+    sync_.loop.unlock();
+  }
+
+  /// Waits one interval (or until stop); true when stopped.
+  bool sleep_or_stop() GPUSAFE_REQUIRES(sync_.loop) {
+    const auto deadline = std::chrono::steady_clock::now() + interval_;
+    while (!stop_requested_)
+      if (sync_.wake.wait_until(sync_.loop, deadline) == std::cv_status::timeout) break;
+    return stop_requested_;
   }
 
   /// Called with the control lock and a joinable thread: true when that thread goes on (it runs,
   /// or was stopped from its own tick and is still in its loop: it resumes with `interval`).
   bool keep_loop_running(std::chrono::milliseconds interval) noexcept {
-    std::lock_guard<std::mutex> lock(sync_.loop);
+    MutexLock lock(sync_.loop);
     if (!stop_requested_) return true;
     if (loop_ended_) return false;
     stop_requested_ = false;
@@ -130,7 +140,7 @@ class PeriodicThread {
   }
 
   void reset_loop(std::chrono::milliseconds interval) noexcept {
-    std::lock_guard<std::mutex> lock(sync_.loop);
+    MutexLock lock(sync_.loop);
     stop_requested_ = false;
     loop_ended_ = false;
     interval_ = interval;
@@ -152,7 +162,7 @@ class PeriodicThread {
   /// may hold it while joining this one.
   void end_loop_from_inside() noexcept {
     {
-      std::lock_guard<std::mutex> lock(sync_.loop);
+      MutexLock lock(sync_.loop);
       stop_requested_ = true;
     }
     running_.store(false, std::memory_order_release);
@@ -162,7 +172,7 @@ class PeriodicThread {
     forget_foreign_thread();
     if (!thread_.joinable()) return;
     {
-      std::lock_guard<std::mutex> lock(sync_.loop);
+      MutexLock lock(sync_.loop);
       stop_requested_ = true;
     }
     sync_.wake.notify_all();
@@ -175,9 +185,9 @@ class PeriodicThread {
   Sync sync_;
   std::thread thread_;
   std::atomic<pid_t> pid_{0};
-  bool stop_requested_ = false;  // guarded by sync_.loop
-  bool loop_ended_ = false;      // guarded by sync_.loop: the thread is past its loop
-  std::chrono::milliseconds interval_{0};
+  bool stop_requested_ GPUSAFE_GUARDED_BY(sync_.loop) = false;
+  bool loop_ended_ GPUSAFE_GUARDED_BY(sync_.loop) = false;  // the thread is past its loop
+  std::chrono::milliseconds interval_ GPUSAFE_GUARDED_BY(sync_.loop){0};
   std::atomic<bool> running_{false};
 };
 
