@@ -80,7 +80,7 @@ namespace detail {
 /// so the child never copies them half-changed; in the child all of them are built anew (their
 /// holders do not exist there).
 struct ManagerSync final : ForkAware {
-  std::mutex attach;   // attached list
+  Mutex attach;        // attached list
   std::mutex history;  // snapshots
   std::mutex cleanup;  // one cleanup / release at a time
   std::mutex sink;     // calls to the user's log sink
@@ -88,16 +88,17 @@ struct ManagerSync final : ForkAware {
   ManagerSync() noexcept { enrol_fork_aware(this); }
   ~ManagerSync() override { withdraw_fork_aware(this); }
 
-  void lock_for_fork() noexcept override {
+  // Taken in the prepare handler and released after fork() in another call: beyond the analysis.
+  void lock_for_fork() noexcept override GPUSAFE_NO_THREAD_SAFETY_ANALYSIS {
     attach.lock();
     history.lock();
   }
-  void unlock_after_fork() noexcept override {
+  void unlock_after_fork() noexcept override GPUSAFE_NO_THREAD_SAFETY_ANALYSIS {
     history.unlock();
     attach.unlock();
   }
   void recreate_locks_in_child() noexcept override {
-    new (&attach) std::mutex();
+    new (&attach) Mutex();
     new (&history) std::mutex();
     new (&cleanup) std::mutex();
     new (&sink) std::mutex();

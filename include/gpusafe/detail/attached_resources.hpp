@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/detail/thread_annotations.hpp"
 #include "gpusafe/memory_report.hpp"
 #include "gpusafe/reclaim.hpp"
 
@@ -38,11 +39,11 @@ struct has_reclaimable<
 /// Resources held weakly, each once.
 class AttachedResources {
  public:
-  explicit AttachedResources(std::mutex& mutex) noexcept : mutex_(mutex) {}
+  explicit AttachedResources(Mutex& mutex) noexcept : mutex_(mutex) {}
 
   /// Adds `resource` unless it is there already. May throw std::bad_alloc.
   void add(const std::shared_ptr<Reclaimable>& resource) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     prune_locked();
     for (const auto& w : list_)
       if (same_owner(w, resource)) return;
@@ -51,7 +52,7 @@ class AttachedResources {
 
   /// Removes `resource`; returns whether it was there.
   bool remove(const std::shared_ptr<Reclaimable>& resource) noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     const auto before = list_.size();
     list_.erase(std::remove_if(list_.begin(), list_.end(),
                                [&](const auto& w) { return same_owner(w, resource); }),
@@ -62,16 +63,17 @@ class AttachedResources {
 
   /// The resources still alive.
   std::size_t alive() const noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     std::size_t n = 0;
-    for (const auto& w : list_) n += w.expired() ? 0 : 1;
+    for (const auto& w : list_)
+      if (!w.expired()) ++n;
     return n;
   }
 
   /// The resources alive now, held so they cannot die while used. May throw std::bad_alloc.
   std::vector<std::shared_ptr<Reclaimable>> live() const {
     std::vector<std::shared_ptr<Reclaimable>> out;
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     out.reserve(list_.size());
     for (const auto& w : list_)
       if (auto p = w.lock()) out.push_back(std::move(p));
@@ -84,14 +86,14 @@ class AttachedResources {
     return !w.owner_before(p) && !p.owner_before(w);
   }
 
-  void prune_locked() noexcept {
+  void prune_locked() noexcept GPUSAFE_REQUIRES(mutex_) {
     list_.erase(
         std::remove_if(list_.begin(), list_.end(), [](const auto& w) { return w.expired(); }),
         list_.end());
   }
 
-  std::mutex& mutex_;
-  std::vector<std::weak_ptr<Reclaimable>> list_;
+  Mutex& mutex_;
+  std::vector<std::weak_ptr<Reclaimable>> list_ GPUSAFE_GUARDED_BY(mutex_);
 };
 
 /// Calls fn(resource) for each framework cache (LibTorch's allocator) that is in the global
