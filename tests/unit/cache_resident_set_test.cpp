@@ -32,7 +32,7 @@ struct CacheResidentSet : ::testing::Test {
     return *entries.back();
   }
   void admit(Set& set, Entry& e, std::size_t bytes) {
-    set.admit(e, gd::wrap_model(std::make_shared<Model>(), set.accounting()), bytes);
+    set.admit(e, std::make_shared<Entry::LoadOp>(), std::make_shared<Model>(), bytes);
   }
   static std::vector<int> evicted_keys(Set& set, std::size_t need) {
     std::vector<int> keys;

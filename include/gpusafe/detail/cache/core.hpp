@@ -3,8 +3,9 @@
 // Purpose: adds to the CacheTable (registrations, residency, locks) the miss path and the
 // process-wide roles of a cache: a miss claims the key's load under the writer lock (or joins
 // the load in progress: single flight), runs the loader with no lock held, and installs the
-// model in a second writer section, evicting for room in the budget; waiters are woken through
-// a LoadBoard. The core is the Reclaimable that the reclaim registry holds and a ForkAware.
+// model in a second writer section, evicting for room in the budget; other callers wait through
+// LoadWaits, and a load that nobody waits for is published without waking anyone. The core is
+// the Reclaimable that the reclaim registry holds and a ForkAware.
 //
 // Thread safety: every public member may be called from any thread. No loader, on_evict
 // callback or model destructor runs under a lock; loaders that wait for each other fail instead
@@ -29,6 +30,7 @@
 
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/cache/load_failure.hpp"
+#include "gpusafe/detail/cache/load_waits.hpp"
 #include "gpusafe/detail/cache/pressure.hpp"
 #include "gpusafe/detail/cache/single_flight.hpp"
 #include "gpusafe/detail/cache/table.hpp"
@@ -143,7 +145,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
 
   void recreate_locks_in_child() noexcept override {
     locks_.recreate_in_child();
-    board_.recreate_in_child();
+    waits_.recreate_in_child();
     abandon_foreign_loads_in_child();
   }
 
@@ -182,13 +184,13 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       g.finish();
       if (c.hit) return c.hit;
       if (c.wait_for_room) {
-        room_wait_is_stuck = !wait_for_room(c.room_holders, c.generation);
+        room_wait_is_stuck = !waits_.wait_for_room(c.room_holders, c.generation);
         continue;
       }
       if (c.i_load) return run_load(c);
-      wait_for(c.op, key);
+      if (const LoadOpBase* mine = waits_.wait_for_load(*c.op)) throw_cycle(key, mine);
       if (c.op->failure) throw_failure_copy(c.op->failure);
-      if (c.op->result) return c.op->result;
+      if (Handle h = LoadOp::result(c.op)) return h;
     }
   }
 
@@ -218,6 +220,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     if (e.op->owner == std::this_thread::get_id())
       throw InvalidArgument(messages_.own_loader_gets_its_key(e.key));
     ++counters_.waits;
+    waits_.join(*e.op);
     c.op = e.op;
   }
 
@@ -230,7 +233,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
         // Other threads' loads hold reservations; retry once one of them finishes. The wait
         // graph is checked with no lock of the cache held (its lock is a leaf).
         c.room_holders = loads_holding_room();
-        c.generation = board_.generation();
+        c.generation = waits_.count_room_waiter();  // wait_for_room takes it back
         c.wait_for_room = true;
         return;
       }
@@ -259,23 +262,16 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     Loaded<Model> loaded;
     LoadFailure error;
     const auto elapsed = call_loader(c, loaded, error);
-    Handle wrapped;
-    if (!error && c.cache_it) {
-      try {
-        wrapped = wrap_model(loaded.model, set_.accounting());
-      } catch (...) {
-        error = capture(*c.entry, "caching the model failed");
-      }
-    }
     Grave g(callback_failures_);
     Handle result;
     std::exception_ptr original;
     bool failed = false;
+    bool watched = true;
     {
       Exclusive lock(*this);
       settle(c, elapsed);
       guard.settled = true;
-      if (!error) result = install(c, loaded, wrapped, g, error);
+      if (!error) result = install(c, loaded, g, error);
       if (error) {
         ++counters_.load_failures;
         result.reset();
@@ -284,12 +280,13 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       original = std::move(error.original);
       failed = error.failed;
       c.op->failure = std::move(error);
-      c.op->result = result;
+      // Nobody joins the load after this section (the entry let go of it): whether anyone waits
+      // is known here.
+      watched = waits_.watched(*c.op);
     }
     guard.published = true;
-    publish(c.op);
+    waits_.publish(*c.op, watched);
     g.finish();
-    wrapped.reset();
     loaded.model.reset();
     if (failed) std::rethrow_exception(original);
     return result;
@@ -297,6 +294,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
 
   // Pressure eviction before a load is best effort; the load goes on.
   void relieve_pressure() noexcept {
+    if (!pressure_.enabled()) return;
     try {
       Grave pg(callback_failures_);
       evict_for_pressure(pg);
@@ -327,8 +325,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   }
 
   // Under the lock: caches the loaded model (evicting for room) or hands it out uncached.
-  Handle install(Claim& c, Loaded<Model>& loaded, Handle& wrapped, Grave& g,
-                 LoadFailure& error) noexcept {
+  Handle install(Claim& c, Loaded<Model>& loaded, Grave& g, LoadFailure& error) noexcept {
     Entry& e = *c.entry;
     Handle result;
     try {
@@ -336,7 +333,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       if (c.cache_it && !e.removed && alive_) {
         g.set_callback(callback_);
         if (set_.make_room(loaded.bytes, g)) {
-          set_.admit(e, std::move(wrapped), loaded.bytes);
+          set_.admit(e, c.op, std::move(loaded.model), loaded.bytes);
           result = e.cached;
           installed = true;
         } else if (must_cache(e.residency, options_)) {
@@ -345,6 +342,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       }
       if (!installed) {
         ++counters_.uncached_loads;
+        c.op->uncached = loaded.model;
         result = loaded.model;
       }
       ++counters_.loads;
@@ -364,11 +362,11 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
         if (c.entry->op == c.op) c.entry->op.reset();
         ++counters_.load_failures;
       }
-      if (!c.op->failure) c.op->result.reset();
+      if (!c.op->failure) c.op->drop_result();
       mark_unrecorded_failure(c.op->failure);
     }
     guard.published = true;
-    publish(c.op);
+    waits_.publish(*c.op, true);
   }
 
   // Called inside a catch block: the failure in flight, described with the key.
@@ -406,15 +404,6 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     }
   }
 
-  // Waits for another thread's load of `key`; throws when that load waits for this thread's.
-  void wait_for(const std::shared_ptr<LoadOp>& op, const Key& key) {
-    LoadWait wait;
-    wait.one = op.get();
-    if (const LoadOpBase* mine = begin_load_wait(std::move(wait))) throw_cycle(key, mine);
-    LoadWaitScope scope;
-    board_.wait_done(*op);
-  }
-
   [[noreturn]] void throw_cycle(const Key& key, const LoadOpBase* mine) const {
     const LoadFrame* f = load_frame_of(mine);
     const std::string own = f ? f->describe(f->key) : std::string("a model");
@@ -432,21 +421,6 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     return ops;
   }
 
-  // Waits until one of `others` finishes (or any load did since `seen`), unless every one of
-  // them waits, directly or through other waits, for a load of this thread: then returns false
-  // at once, since waiting would never end.
-  bool wait_for_room(const std::vector<std::shared_ptr<LoadOp>>& others, std::uint64_t seen) {
-    LoadWait wait;
-    wait.any.reserve(others.size());
-    for (const auto& op : others) wait.any.push_back(op.get());
-    if (begin_load_wait(std::move(wait))) return false;
-    LoadWaitScope scope;
-    board_.wait_generation(seen);
-    return true;
-  }
-
-  void publish(const std::shared_ptr<LoadOp>& op) noexcept { board_.publish(*op); }
-
   // The first failure is a warning, later ones are debug messages.
   void log_prefetch_failure(const char* what) noexcept {
     const LogLevel level = prefetch_log_.first() ? LogLevel::warning : LogLevel::debug;
@@ -455,7 +429,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
 
   CachePressure<Runtime> pressure_;
   LogOnce prefetch_log_;
-  LoadBoard board_;  // where waiters of this cache's loads sleep
+  LoadWaits<LoadOp> waits_;  // where callers wait for this cache's loads
 };
 
 }  // namespace detail

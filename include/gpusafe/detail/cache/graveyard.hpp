@@ -7,6 +7,7 @@
 // is logged (CallbackFailureLog: an error the first time per cache, debug after) and the eviction
 // stands. The first eviction is kept in place, so the common section (one budget eviction per
 // miss) allocates nothing; reserve() makes room for more before the section changes anything.
+// An eviction keeps its entry (for the key) only when there is a callback to tell.
 //
 // Thread safety: a Graveyard belongs to one thread (one locked section and its aftermath).
 // CallbackFailureLog may be used from any thread. Teardown: the destructor finishes what is
@@ -57,7 +58,7 @@ class Graveyard {
   using Callback = std::function<void(const Key&, std::size_t, EvictReason)>;
 
   struct Evicted {
-    std::shared_ptr<Entry> entry;
+    std::shared_ptr<Entry> entry;  // kept only when the callback is told
     Handle model;
     std::size_t bytes;
     EvictReason reason;
@@ -92,6 +93,9 @@ class Graveyard {
 
   bool empty() const noexcept { return !first_; }
 
+  /// Whether finish() calls a callback: only then do evictions need their entry (for its key).
+  bool reports() const noexcept { return callback_ && *callback_; }
+
   /// Outside every lock: drops the models and calls the callback for each, in order. Returns the
   /// bytes evicted.
   std::size_t finish() noexcept {
@@ -108,7 +112,7 @@ class Graveyard {
  private:
   std::size_t report(Evicted& v) noexcept {
     v.model.reset();
-    if (callback_ && *callback_) {
+    if (v.entry && reports()) {
       try {
         (*callback_)(v.entry->key, v.bytes, v.reason);
       } catch (const std::exception& e) {

@@ -92,9 +92,14 @@ class ResidentSet {
     return evict_lru(goal, EvictReason::pressure, max_evictions_, g);
   }
 
-  /// Makes `e` resident with `model` of `bytes` (room was made).
-  void admit(Entry& e, Handle model, std::size_t bytes) noexcept {
-    e.cached = std::move(model);
+  /// Makes `e` resident with the model of `load`, of `bytes` (room was made). The cache's handle
+  /// aliases the load, which owns the model from now on.
+  void admit(Entry& e, const std::shared_ptr<typename Entry::LoadOp>& load,
+             std::shared_ptr<typename Handle::element_type> model, std::size_t bytes) noexcept {
+    load->original = std::move(model);
+    load->cached_result = true;
+    e.load = load.get();
+    e.cached = Handle(load, e.load->original.get());
     e.bytes = bytes;
     resident_ += bytes;
     ++resident_count_;
@@ -106,8 +111,8 @@ class ResidentSet {
     const std::size_t bytes = e.bytes;
     Handle model = release(e);
     ++evictions_[static_cast<std::size_t>(reason)];
-    g.add(
-        typename Graveyard<Entry>::Evicted{e.shared_from_this(), std::move(model), bytes, reason});
+    std::shared_ptr<Entry> keep = g.reports() ? e.shared_from_this() : nullptr;
+    g.add(typename Graveyard<Entry>::Evicted{std::move(keep), std::move(model), bytes, reason});
   }
 
   /// Takes a resident entry out without counting an eviction; returns the cache's reference.
@@ -115,9 +120,10 @@ class ResidentSet {
     if (e.in_lru) lru_.remove(e);
     resident_ -= e.bytes;
     --resident_count_;
-    e.charge_retired(*acct_);
+    e.charge_retired(acct_);
     Handle model = std::move(e.cached);
     e.cached.reset();
+    e.load = nullptr;
     e.bytes = 0;
     return model;
   }
