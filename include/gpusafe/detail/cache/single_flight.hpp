@@ -183,6 +183,14 @@ class LoadBoard {
   LoadBoard(const LoadBoard&) = delete;
   LoadBoard& operator=(const LoadBoard&) = delete;
 
+  /// Marks `op` finished without waking anyone: for a load that no thread waits for, nor can
+  /// wait for any more (its owner knows both under its own lock), and while no thread waits for a
+  /// new generation. Takes no lock.
+  void publish_unwatched(LoadOpBase& op) noexcept {
+    op.done = true;
+    op.finished.store(true, std::memory_order_release);
+  }
+
   /// Marks `op` finished and wakes every waiter. Takes no other lock.
   void publish(LoadOpBase& op) noexcept {
     op.finished.store(true, std::memory_order_release);

@@ -114,17 +114,14 @@ class StripedLocks {
   void lock_all(Apply&& apply) {
     writer_.lock();
     const std::uint64_t mask = enrolled_.load(std::memory_order_relaxed);  // fixed while held
-    for (unsigned i = 0; i < kStripes; ++i)
-      if (mask & (std::uint64_t{1} << i)) stripes_[i].mutex.lock();
-    for (unsigned i = 0; i < kStripes; ++i)
-      if (mask & (std::uint64_t{1} << i)) drain(stripes_[i], apply);
+    for (std::uint64_t m = mask; m != 0; m &= m - 1) stripes_[lowest_index(m)].mutex.lock();
+    for (std::uint64_t m = mask; m != 0; m &= m - 1) drain(stripes_[lowest_index(m)], apply);
   }
 
-  /// Releases what lock_all() took (reverse order).
+  /// Releases what lock_all() took.
   void unlock_all() noexcept {
     const std::uint64_t mask = enrolled_.load(std::memory_order_relaxed);
-    for (unsigned i = kStripes; i-- > 0;)
-      if (mask & (std::uint64_t{1} << i)) stripes_[i].mutex.unlock();
+    for (std::uint64_t m = mask; m != 0; m &= m - 1) stripes_[lowest_index(m)].mutex.unlock();
     writer_.unlock();
   }
 
@@ -164,6 +161,17 @@ class StripedLocks {
 
  private:
   static unsigned index_of_this_thread() noexcept { return striped_lock_thread_slot() % kStripes; }
+
+  // The index of the lowest set bit of `m` (not 0): walking the stripes in use in index order.
+  static unsigned lowest_index(std::uint64_t m) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return static_cast<unsigned>(__builtin_ctzll(m));
+#else
+    unsigned i = 0;
+    for (; (m & 1) == 0; m >>= 1) ++i;
+    return i;
+#endif
+  }
 
   template <class Apply>
   static void drain(Stripe& s, Apply& apply) {
