@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/buffer_lease.hpp: BufferLease, the RAII handle of one pooled buffer, and LeaseTag, where
 // a lease was taken (for leak reports).
 //

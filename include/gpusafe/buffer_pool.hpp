@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/buffer_pool.hpp: BasicBufferPool<Runtime> (alias BufferPool), a pool of preallocated
 // buffers in size classes, its options and statistics. The buffers are handed out as BufferLease
 // (gpusafe/buffer_lease.hpp).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/config.hpp: feature detection and the ABI namespace.
 //
 // GPUSAFE_WITH_CUDA is 1 when the CUDA runtime headers can be included (or when the build

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/error.hpp: the exception family thrown by acquire-side calls.
 //
 // Every failure a caller can cause or meet is a gpusafe::Error with an ErrorCode; the message

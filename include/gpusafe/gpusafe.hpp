@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/gpusafe.hpp: the whole library in one include.
 //
 // Includes every public header the build supports: the core layers, the guards, BufferPool (and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/guards.hpp: scope guards and cleanup helpers for GPU code.
 //
 // - SafeCudaCleanup: runs deferred actions (last in, first out) at scope exit, then optionally

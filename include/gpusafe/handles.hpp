@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/handles.hpp: owning handles of GPU resources other than memory: CUDA streams, events
 // and graph executables here; cuBLAS, cuBLASLt, cuDNN, cuFFT and NCCL handles in
 // gpusafe/handles/*.hpp. One template, BasicGpuHandle<Traits, Runtime>, owns any of them; the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/lifecycle.hpp: the state of the process as it concerns GPU resources.
 //
 // - process_is_exiting(): set by an atexit handler that gpusafe registers at its first use, right

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/log.hpp: the library's diagnostics.
 //
 // Messages go to a replaceable sink; the default writes warnings and errors to stderr. Logging

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/memory_manager.hpp: MemoryManager, the central memory controller of a GPU pipeline.
 //
 // It attaches pools, caches and any other Reclaimable (held weakly: an attached object may die

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/memory_report.hpp: what a MemoryManager observes (snapshots, counters, release
 // results, leak reports) and their text, JSON and CSV forms, as free functions.
 //

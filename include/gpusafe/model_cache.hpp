@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/model_cache.hpp: ModelCache, an LRU cache of loaded models under a byte budget.
 //
 // Models are registered with a loader and a residency: `primary` models are loaded on first use

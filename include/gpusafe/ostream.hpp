@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/ostream.hpp: operator<< for gpusafe's enums, statistics and report types, so that they
 // can be written to a log stream, a test failure message or std::cout as they are.
 //

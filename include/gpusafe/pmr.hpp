@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/pmr.hpp: BasicPoolMemoryResource<Runtime> (alias PoolMemoryResource), a
 // std::pmr::memory_resource that serves allocations from a host or pinned-host BufferPool, so
 // that std::pmr containers (pmr::vector, pmr::string, pmr::unordered_map, ...) run on pooled

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/reclaim.hpp: the reclaim contract and the registry of reclaimable resources.
 //
 // A Reclaimable (a pool, a cache, a manager's controller, LibTorch's caching allocator) gives

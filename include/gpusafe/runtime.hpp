@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/runtime.hpp: the Runtime seam between gpusafe and the GPU (or its absence).
 //
 // A Runtime is a type with static, noexcept member functions that return a Status (CUDA's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/signals.hpp: stop a program on SIGINT / SIGTERM without losing its cleanup.
 //
 // The default action of SIGTERM and SIGINT kills the process at once: no destructor, no atexit

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/stream_pool.hpp: a fixed set of CUDA streams on one device, handed out round-robin.
 //
 //   gpusafe::StreamPool streams({/*size=*/8});

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/torch.hpp: LibTorch integration.
 //
 // - safe_tensor_cleanup() for at::Tensor (torch::Tensor), optionals and containers of tensors,

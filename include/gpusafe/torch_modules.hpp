@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/torch_modules.hpp: LibTorch models in gpusafe: loaders, checkpoints, device choice, and
 // one cache for modules of several types. Included by gpusafe/torch.hpp (either may be included
 // first).

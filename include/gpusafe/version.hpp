@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/version.hpp: the library's version, as macros and as a function.
 //
 // Thread safety: everything here is constant. Teardown: nothing to tear down.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/attached_resources.hpp: what a MemoryManager watches. AttachedResources is its
 // list of attached Reclaimables, held weakly (an attached object may die first); the functions
 // below walk those resources and the framework caches of the global registry for snapshots and

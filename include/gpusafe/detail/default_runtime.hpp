@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/default_runtime.hpp: CudaRuntime (the CUDA runtime API, when compiled in),
 // DefaultRuntime, and the answers about CUDA's availability (cuda_status, is_cuda_available,
 // cuda_device_count), with the gate and the "gone" test for the default runtime. Include

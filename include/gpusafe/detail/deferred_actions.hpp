@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/deferred_actions.hpp: the storage of SafeCudaCleanup's deferred actions.
 //
 // A last-in-first-out stack of type-erased callables. The first kInlineSlots actions whose

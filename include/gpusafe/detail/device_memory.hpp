@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/device_memory.hpp: the one reading of "how full is the watched memory" that the
 // memory manager's threshold and the model cache's watermarks share: the Runtime's figures for a
 // GPU, the host's (/proc/meminfo) when there is none, nothing while the runtime must not be

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/fork.hpp: the fork-aware list. Objects whose locks a forked child must never
 // inherit held (pools, caches, managers, the reclaim registry) enrol here; around fork() the
 // forking thread takes their data locks and, in the child, every lock is built anew (DESIGN

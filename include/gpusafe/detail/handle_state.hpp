@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/handle_state.hpp: the process-wide bookkeeping of GPU handles (handles.hpp):
 // which kinds exist, how many of each were created, destroyed, aborted, leaked on purpose (and
 // why) or failed to be destroyed, and, when tracking is on, which handles are alive and where

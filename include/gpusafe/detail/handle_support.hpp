@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/handle_support.hpp: the pieces of gpusafe/handles.hpp that the handle template
 // and the traits share: release outcomes, the traits' destroy result, the Runtime kind tests
 // (simulated handles, CUDA), the NoGpu error naming its cause, and the once-per-kind log lines.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/host_memory.hpp: aligned host allocation and host facts (CPU name, RAM) used by
 // the CPU fallback.
 #ifndef GPUSAFE_DETAIL_HOST_MEMORY_HPP

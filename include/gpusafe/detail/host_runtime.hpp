@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/host_runtime.hpp: HostRuntime (the CPU fallback, and the reference for the
 // Runtime concept's members) and the concept check (is_runtime_v, GPUSAFE_CHECK_RUNTIME). Include
 // gpusafe/runtime.hpp rather than this header.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/no_destructor.hpp: NoDestructor<T>, storage for a global that is never destroyed.
 #ifndef GPUSAFE_DETAIL_NO_DESTRUCTOR_HPP
 #define GPUSAFE_DETAIL_NO_DESTRUCTOR_HPP

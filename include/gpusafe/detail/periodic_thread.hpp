@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/periodic_thread.hpp: PeriodicThread, a thread that calls one function every
 // interval until stopped (MemoryManager's timer).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/process_state.hpp: the process-wide facts every layer consults: is the process
 // exiting, is this a forked child, which reset epoch each device is in, is a device poisoned.
 // Public access goes through gpusafe/lifecycle.hpp; the runtime layer needs these below it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/release_log.hpp: the one way a release path reports a runtime call that failed
 // (DESIGN rule 2): "<who>: <call> on device <d> failed with <status> (<class>); <consequence>",
 // once per flag, at debug level for codes that only say the runtime is gone or absent.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/report_format.hpp: the small text pieces of gpusafe's reports (byte counts,
 // ages, fixed-point numbers, JSON strings, CSV fields) and the one line that describes a leak
 // record, shared by MemoryManager's leak report and BufferPool's.

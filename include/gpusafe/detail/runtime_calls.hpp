@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/runtime_calls.hpp: RuntimeCalls<Runtime>, the one way the library calls a
 // Runtime, and DeviceSwitch, the one way it makes a device current for a scope.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/runtime_errors.hpp: the one mapping from a failed runtime Status to a typed
 // gpusafe::Error (throw_status, throw_on_failure), the acquire-side admission of GPU requests
 // (check_gpu_request), and the two refinements every component shares: an allocation that

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/runtime_gate.hpp: the exit arming (rule 1) and the call gate every release-side
 // runtime call passes: arm_exit_flag<Runtime>() and BasicRuntimeCallGate<Runtime>. Include
 // gpusafe/runtime.hpp rather than this header.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/runtime_status.hpp: the vocabulary of the Runtime seam: memory kinds, the
 // fallback policy, CUDA's error codes and their classes, Status, device properties and the opaque
 // stream and event handles. Include gpusafe/runtime.hpp rather than this header.

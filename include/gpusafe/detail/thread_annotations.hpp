@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/thread_annotations.hpp: Clang's thread-safety attributes behind macros, and a
 // mutex and lock guard that carry them, so that "this member is guarded by that mutex" is
 // checked by the compiler (clang++ -Wthread-safety) instead of stated in a comment. Other

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/threshold_release.hpp: the steps of MemoryManager's threshold release. Measure
 // the watched device against the threshold; when over, ask the resources, cheapest first, at
 // ReclaimLevel::heavy, re-measuring after each, until usage is back at the threshold.

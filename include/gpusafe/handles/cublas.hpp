@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/handles/cublas.hpp: owning cuBLAS and cuBLASLt handles with gpusafe's teardown rules.
 //
 //   thread_local gpusafe::CublasHandle blas = gpusafe::CublasHandle::create();

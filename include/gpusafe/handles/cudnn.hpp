@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/handles/cudnn.hpp: an owning cuDNN handle with gpusafe's teardown rules.
 //
 //   thread_local gpusafe::CudnnHandle dnn = gpusafe::CudnnHandle::create();

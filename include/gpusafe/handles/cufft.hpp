@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/handles/cufft.hpp: an owning cuFFT plan with gpusafe's teardown rules.
 //
 //   gpusafe::CufftPlan fft(gpusafe::CufftParams{1, {4096}, gpusafe::kCufftC2C, 64});

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/handles/nccl.hpp: an owning NCCL communicator whose release never blocks without a
 // bound.
 //

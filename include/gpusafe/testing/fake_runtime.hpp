@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/testing/fake_runtime.hpp: FakeRuntime, a simulated GPU runtime for tests.
 //
 // It models N devices with a capacity each (real host memory behind every allocation), counts

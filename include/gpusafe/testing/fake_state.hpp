@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/testing/fake_state.hpp: the simulated state behind testing::FakeRuntime: its failure
 // modes and operations (FakeMode, FakeOp), the simulated devices, allocations, streams, events and
 // handles, and the prologue every simulated call runs (counting, teardown, modes, faults).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/testing/runtime_contract.hpp: typed GoogleTest cases that every Runtime must pass.
 //
 // gpusafe runs its own runtimes through them (HostRuntime, testing::FakeRuntime, CudaRuntime: the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/core.hpp: ModelCacheCore, the shared core behind a ModelCache.
 //
 // Purpose: adds to the CacheTable (registrations, residency, locks) the miss path and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/entry.hpp: the bookkeeping of one registered model in ModelCache.
 //
 // Purpose: CacheEntry (key, loader, residency, the cached handle, pin and LRU links, the load in

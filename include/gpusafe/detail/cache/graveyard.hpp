@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/graveyard.hpp: what a locked section of ModelCache removed, released
 // after the section unlocks.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/load_failure.hpp: how ModelCache records a failed load and hands it on.
 //
 // Purpose: a load that fails is recorded once (LoadFailure, built inside the catch block by

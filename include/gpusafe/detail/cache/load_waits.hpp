@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/load_waits.hpp: where the callers of one ModelCache wait for its loads.
 //
 // Purpose: a get that misses while another thread loads its key waits for that load; a get whose

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/lru_list.hpp: LruList, the intrusive recency list of ModelCache.
 //
 // Purpose: an intrusive doubly linked list of the evictable models, most recently used at the

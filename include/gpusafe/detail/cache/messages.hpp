@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/messages.hpp: the text of ModelCache's errors and log messages.
 //
 // Purpose: describes keys (with their operator<< when they have one) and builds every message a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/options.hpp: the construction options of ModelCache and their checks
 // (public types, declared here so that the cache's parts can use them; include
 // gpusafe/model_cache.hpp to use them).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/pressure.hpp: how much ModelCache evicts for device memory pressure.
 //
 // Purpose: with watermarks set, a cache reads its device's memory use before every load (and in

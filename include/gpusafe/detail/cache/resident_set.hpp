@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/resident_set.hpp: the resident models of ModelCache and its byte budget.
 //
 // Purpose: ResidentSet keeps the byte counts (resident, reserved by loads in progress, retired:

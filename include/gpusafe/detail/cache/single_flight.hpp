@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/single_flight.hpp: the single-flight load machinery of ModelCache.
 //
 // Purpose: one thread runs a key's loader while the other threads that want the key wait for it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/stats.hpp: why models leave a ModelCache and the counters it reports
 // (public types, declared here so that the cache's parts can use them; include
 // gpusafe/model_cache.hpp to use them).

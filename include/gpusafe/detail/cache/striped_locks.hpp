@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/striped_locks.hpp: StripedLocks, the reader/writer locking of ModelCache.
 //
 // Purpose: lets hits on several threads proceed without contending on one lock or writing one

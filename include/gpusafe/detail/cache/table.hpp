@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/cache/table.hpp: CacheTable, the registered models of ModelCache and the locks
 // that guard them.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/core.hpp: PoolCore<Runtime>, the shared state of a BasicBufferPool: acquire
 // and release (per-thread magazines in front of the slabs' bitmaps), waiting, stream-ordered
 // release, statistics, the lease report, reclaim and fork handling, and the core's lifetime.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/core_slow.hpp: the slow paths of PoolCore<Runtime> (construction and option
 // checks, refilling a class under its lock, growth, waiting, overflow buffers, exhaustion
 // messages, statistics). Included by gpusafe/detail/pool/core.hpp; see there for thread safety and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/free_slots.hpp: the free-slot structure of BufferPool: a shared bitmap of
 // atomic 64-bit words per slab, and in front of it per-thread magazines (small stacks of free
 // slots per size class) kept in a thread-local table.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/lease_tracker.hpp: the optional record of BufferPool's outstanding leases
 // (where each was taken), behind BufferPoolOptions::track_leases, and the text of the leak report
 // (each lease as a LeakRecord, in the line form of detail/report_format.hpp that

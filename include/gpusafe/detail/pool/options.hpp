@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/options.hpp: the options, statistics and report records of BufferPool
 // (public types, declared here so that the pool's parts can use them; include
 // gpusafe/buffer_pool.hpp to use them).

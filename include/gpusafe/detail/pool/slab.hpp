@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/slab.hpp: the slabs of BufferPool's size classes: their memory and per-slot
 // events, device epochs (retiring a slab after a device reset), growth (OverflowPolicy::grow) and
 // trimming idle slabs. PoolSlabs<Runtime> is the part of the pool core that owns them.
