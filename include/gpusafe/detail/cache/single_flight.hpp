@@ -32,6 +32,7 @@
 
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/no_destructor.hpp"
+#include "gpusafe/detail/thread_annotations.hpp"
 #include "gpusafe/lifecycle.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
@@ -103,14 +104,16 @@ struct LoadWait {
 /// load's thread, what that thread waits for, ...); when every way leads back to a load of its
 /// own, the loads wait for each other and would wait forever.
 struct LoadWaitGraph final : ForkAware {
-  std::mutex mutex;
-  std::unordered_map<std::thread::id, LoadWait> waits;  // guarded by mutex
+  Mutex mutex;
+  std::unordered_map<std::thread::id, LoadWait> waits GPUSAFE_GUARDED_BY(mutex);
 
   LoadWaitGraph() noexcept { enrol_fork_aware(this); }
-  void lock_for_fork() noexcept override { mutex.lock(); }
-  void unlock_after_fork() noexcept override { mutex.unlock(); }
-  void recreate_locks_in_child() noexcept override {
-    new (&mutex) std::mutex();
+  // Taken before fork() and released after it, in other calls: beyond the analysis.
+  void lock_for_fork() noexcept override GPUSAFE_NO_THREAD_SAFETY_ANALYSIS { mutex.lock(); }
+  void unlock_after_fork() noexcept override GPUSAFE_NO_THREAD_SAFETY_ANALYSIS { mutex.unlock(); }
+  // The child has one thread: no lock to take.
+  void recreate_locks_in_child() noexcept override GPUSAFE_NO_THREAD_SAFETY_ANALYSIS {
+    new (&mutex) Mutex();
     waits.clear();
   }
 
@@ -118,7 +121,8 @@ struct LoadWaitGraph final : ForkAware {
   /// can never finish while `me` waits; null when it can (it finished, or some thread on the way
   /// runs). Called under `mutex`. `depth` stops at loops of other threads (each of those was
   /// checked by the thread that closed it).
-  const LoadOpBase* closes_on(const LoadOpBase* op, std::thread::id me, std::size_t depth) const {
+  const LoadOpBase* closes_on(const LoadOpBase* op, std::thread::id me, std::size_t depth) const
+      GPUSAFE_REQUIRES(mutex) {
     if (op->finished.load(std::memory_order_acquire)) return nullptr;
     if (op->owner == me) return op;
     if (depth > waits.size()) return nullptr;
@@ -131,7 +135,7 @@ struct LoadWaitGraph final : ForkAware {
   /// Like closes_on, for a thread that waits until any one of `ops` finishes: it is stuck only
   /// when every one of them is. Null for an empty list.
   const LoadOpBase* closes_on_all(const std::vector<const LoadOpBase*>& ops, std::thread::id me,
-                                  std::size_t depth) const {
+                                  std::size_t depth) const GPUSAFE_REQUIRES(mutex) {
     const LoadOpBase* mine = nullptr;
     for (const auto* op : ops) {
       const LoadOpBase* m = closes_on(op, me, depth);
@@ -152,7 +156,7 @@ inline LoadWaitGraph& load_wait_graph() noexcept {
 inline const LoadOpBase* begin_load_wait(LoadWait wait) {
   auto& graph = load_wait_graph();
   const auto me = std::this_thread::get_id();
-  std::lock_guard<std::mutex> lock(graph.mutex);
+  MutexLock lock(graph.mutex);
   const LoadOpBase* mine =
       wait.one ? graph.closes_on(wait.one, me, 0) : graph.closes_on_all(wait.any, me, 0);
   if (mine) return mine;
@@ -162,7 +166,7 @@ inline const LoadOpBase* begin_load_wait(LoadWait wait) {
 
 inline void end_load_wait() noexcept {
   auto& graph = load_wait_graph();
-  std::lock_guard<std::mutex> lock(graph.mutex);
+  MutexLock lock(graph.mutex);
   graph.waits.erase(std::this_thread::get_id());
 }
 
@@ -196,7 +200,7 @@ class LoadBoard {
   void publish(LoadOpBase& op) noexcept {
     op.finished.store(true, std::memory_order_release);
     {
-      std::lock_guard<std::mutex> lk(mutex_);
+      MutexLock lk(mutex_);
       op.done = true;
       ++generation_;
     }
@@ -205,18 +209,18 @@ class LoadBoard {
 
   /// Blocks until `op` was published.
   void wait_done(const LoadOpBase& op) {
-    std::unique_lock<std::mutex> lk(mutex_);
-    cv_.wait(lk, [&] { return op.done; });
+    MutexLock lk(mutex_);
+    while (!op.done) cv_.wait(mutex_);
   }
 
   /// Blocks until some load was published after generation `seen`.
   void wait_generation(std::uint64_t seen) {
-    std::unique_lock<std::mutex> lk(mutex_);
-    cv_.wait(lk, [&] { return generation_ != seen; });
+    MutexLock lk(mutex_);
+    while (generation_ == seen) cv_.wait(mutex_);
   }
 
   std::uint64_t generation() noexcept {
-    std::lock_guard<std::mutex> lk(mutex_);
+    MutexLock lk(mutex_);
     return generation_;
   }
 
@@ -229,14 +233,14 @@ class LoadBoard {
 
   /// In a forked child: fresh mutex and condition variable.
   void recreate_in_child() noexcept {
-    new (&mutex_) std::mutex();
-    new (&cv_) std::condition_variable();
+    new (&mutex_) Mutex();
+    new (&cv_) std::condition_variable_any();
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::uint64_t generation_ = 0;  // guarded by mutex_
+  Mutex mutex_;
+  std::condition_variable_any cv_;  // waits on mutex_ itself, so the analysis sees it held
+  std::uint64_t generation_ GPUSAFE_GUARDED_BY(mutex_) = 0;
 };
 
 }  // namespace detail
