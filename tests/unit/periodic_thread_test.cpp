@@ -16,6 +16,18 @@ using namespace std::chrono_literals;
 
 namespace {
 
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
 /// Waits up to `limit` for `done()`; returns its last value.
 template <class Pred>
 bool wait_for(Pred done, std::chrono::milliseconds limit = 5s) {
@@ -132,6 +144,9 @@ TEST(PeriodicThreadTest, ForkedChildForgetsTheParentsThreadAndCanStartItsOwn) {
     if (t.on_own_thread()) return 1;
     t.stop();
     if (t.running()) return 2;
+    // ThreadSanitizer refuses new threads in a child of a threaded process: the restart below is
+    // left to the other builds.
+    if (kThreadSanitizer) return 0;
     const int before = ticks.load();
     t.start(1ms);
     if (!wait_for([&] { return ticks.load() > before; })) return 3;
