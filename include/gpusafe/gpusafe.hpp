@@ -2,12 +2,12 @@
 // gpusafe/gpusafe.hpp: the whole library in one include.
 //
 // Includes every public header the build supports: the core layers, the guards, BufferPool (and
-// its std::pmr resource), ModelCache, MemoryManager and the stream operators always, and the LibTorch integration (gpusafe/torch.hpp) only when
-// GPUSAFE_WITH_TORCH is 1 (target gpusafe::torch). The handles (streams, events, graphs) and the
-// StreamPool always; the library handles (gpusafe/handles/*.hpp) when the build defines their
-// macro (GPUSAFE_WITH_CUBLAS, ..._CUDNN, ..._CUFFT, ..._NCCL: targets gpusafe::cublas, ...). The
-// test double FakeRuntime is not included: tests include gpusafe/testing/fake_runtime.hpp
-// themselves.
+// its std::pmr resource), ModelCache, MemoryManager and the stream operators always, and the
+// LibTorch integration (gpusafe/torch.hpp) only when GPUSAFE_WITH_TORCH is 1 (target
+// gpusafe::torch). The handles (streams, events, graphs) and the StreamPool always; the library
+// handles (gpusafe/handles/*.hpp) when the build defines their macro (GPUSAFE_WITH_CUBLAS,
+// ..._CUDNN, ..._CUFFT, ..._NCCL: targets gpusafe::cublas, ...). The test double FakeRuntime is not
+// included: tests include gpusafe/testing/fake_runtime.hpp themselves.
 //
 // Thread safety and teardown: see each header.
 #ifndef GPUSAFE_GPUSAFE_HPP
