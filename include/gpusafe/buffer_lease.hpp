@@ -144,9 +144,9 @@ class BufferLease {
   /// empty lease.
   void record_stream(StreamHandle stream) {
     if (!data_)
-      throw InvalidArgument(
+      GPUSAFE_THROW(InvalidArgument(
           "BufferLease::record_stream: the lease is empty (moved from, released, or from a failed "
-          "try_acquire); call it on a lease that holds a buffer");
+          "try_acquire); call it on a lease that holds a buffer"));
     state_.stream = stream;
     state_.has_stream = true;
   }
@@ -206,14 +206,17 @@ class BufferLease {
     const std::string what = std::string("BufferLease::as<T>() (sizeof ") +
                              std::to_string(type_size) + ", alignof " + std::to_string(type_align) +
                              ")";
-    if (!data_) throw InvalidArgument(what + ": the lease is empty; acquire a buffer first");
+    if (!data_)
+      GPUSAFE_THROW(InvalidArgument(what + ": the lease is empty; acquire a buffer first"));
     if (type_size > size_)
-      throw InvalidArgument(what + " on a " + std::to_string(size_) + "-byte lease of pool '" +
-                            pool_name() + "': the buffer is smaller than one T; acquire at least " +
-                            std::to_string(type_size) + " bytes");
-    throw InvalidArgument(what + " on a lease of pool '" + pool_name() +
-                          "': the buffer is not aligned for T; raise the pool's alignment to " +
-                          std::to_string(type_align) + " or more");
+      GPUSAFE_THROW(InvalidArgument(what + " on a " + std::to_string(size_) +
+                                    "-byte lease of pool '" + pool_name() +
+                                    "': the buffer is smaller than one T; acquire at least " +
+                                    std::to_string(type_size) + " bytes"));
+    GPUSAFE_THROW(
+        InvalidArgument(what + " on a lease of pool '" + pool_name() +
+                        "': the buffer is not aligned for T; raise the pool's alignment to " +
+                        std::to_string(type_align) + " or more"));
   }
 
   // Not counted: the core stays alive while any of its buffers is out (see PoolCore).

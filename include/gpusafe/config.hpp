@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// gpusafe/config.hpp: feature detection and the ABI namespace.
+// gpusafe/config.hpp: feature detection, the ABI namespace and the exception switches.
 //
 // GPUSAFE_WITH_CUDA is 1 when the CUDA runtime headers can be included (or when the build
 // defines it), 0 otherwise; GPUSAFE_WITH_TORCH is 1 only when the build defines it (target
@@ -14,6 +14,8 @@
 // Thread safety: compile-time only. Teardown: nothing to tear down.
 #ifndef GPUSAFE_CONFIG_HPP
 #define GPUSAFE_CONFIG_HPP
+
+#include <cstdlib>
 
 #include "gpusafe/version.hpp"
 
@@ -33,14 +35,34 @@
 #define GPUSAFE_WITH_TORCH 0
 #endif
 
-#if GPUSAFE_WITH_CUDA && GPUSAFE_WITH_TORCH
-#define GPUSAFE_ABI_NAMESPACE v0_1_cuda_torch
-#elif GPUSAFE_WITH_CUDA
-#define GPUSAFE_ABI_NAMESPACE v0_1_cuda
-#elif GPUSAFE_WITH_TORCH
-#define GPUSAFE_ABI_NAMESPACE v0_1_torch
+// GPUSAFE_HAS_EXCEPTIONS is 0 when the compiler was told not to support exceptions
+// (-fno-exceptions, or MSVC without /EHsc); acquire-side errors then go to the error handler of
+// gpusafe/error.hpp instead of being thrown.
+#ifndef GPUSAFE_HAS_EXCEPTIONS
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND)
+#define GPUSAFE_HAS_EXCEPTIONS 1
 #else
-#define GPUSAFE_ABI_NAMESPACE v0_1_core
+#define GPUSAFE_HAS_EXCEPTIONS 0
+#endif
+#endif
+
+#if GPUSAFE_WITH_CUDA && GPUSAFE_WITH_TORCH
+#define GPUSAFE_DETAIL_ABI_FEATURES v0_1_cuda_torch
+#elif GPUSAFE_WITH_CUDA
+#define GPUSAFE_DETAIL_ABI_FEATURES v0_1_cuda
+#elif GPUSAFE_WITH_TORCH
+#define GPUSAFE_DETAIL_ABI_FEATURES v0_1_torch
+#else
+#define GPUSAFE_DETAIL_ABI_FEATURES v0_1_core
+#endif
+#define GPUSAFE_DETAIL_PASTE(a, b) a##b
+#define GPUSAFE_DETAIL_PASTE_EXPANDED(a, b) GPUSAFE_DETAIL_PASTE(a, b)
+// A build without exceptions gets its own namespace: its functions report errors differently, so
+// the linker must not merge them with a build that throws.
+#if GPUSAFE_HAS_EXCEPTIONS
+#define GPUSAFE_ABI_NAMESPACE GPUSAFE_DETAIL_ABI_FEATURES
+#else
+#define GPUSAFE_ABI_NAMESPACE GPUSAFE_DETAIL_PASTE_EXPANDED(GPUSAFE_DETAIL_ABI_FEATURES, _noexcept)
 #endif
 
 #define GPUSAFE_NAMESPACE_BEGIN \
@@ -74,6 +96,18 @@
 #else
 #define GPUSAFE_LIKELY(x) (x)
 #define GPUSAFE_UNLIKELY(x) (x)
+#endif
+
+// try, catch (...) and a rethrow that compile without exceptions: the protected block then
+// always runs and the handler is dead code (nothing can throw; errors end in the error handler).
+#if GPUSAFE_HAS_EXCEPTIONS
+#define GPUSAFE_TRY try
+#define GPUSAFE_CATCH_ALL catch (...)
+#define GPUSAFE_RETHROW throw
+#else
+#define GPUSAFE_TRY if (true)
+#define GPUSAFE_CATCH_ALL else
+#define GPUSAFE_RETHROW std::abort()
 #endif
 
 #endif  // GPUSAFE_CONFIG_HPP

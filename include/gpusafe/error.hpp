@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: MIT
-// gpusafe/error.hpp: the exception family thrown by acquire-side calls.
+// gpusafe/error.hpp: the exception family thrown by acquire-side calls, and the error handler
+// that takes their place in a build without exceptions.
 //
 // Every failure a caller can cause or meet is a gpusafe::Error with an ErrorCode; the message
-// says what was asked, what was wrong and how to fix it. Release paths never throw.
+// says what was asked, what was wrong and how to fix it. Release paths never throw. Built with
+// -fno-exceptions, an acquire-side failure calls the ErrorHandler instead (default: log, abort);
+// see the README, "Builds without exceptions".
 //
 // Thread safety: exceptions are values. Teardown: nothing to tear down.
 #ifndef GPUSAFE_ERROR_HPP
 #define GPUSAFE_ERROR_HPP
 
+#include <atomic>
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/log.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
 
@@ -99,26 +105,103 @@ decltype(auto) visit_error_type(ErrorCode code, F&& f) {
   return f(ErrorTypeTag<Error>{});
 }
 
+/// Makes the Error of the type that `code` names.
+template <class E>
+E make_error(ErrorCode code, const std::string& message, int runtime_code) {
+  if constexpr (std::is_same<E, Error>::value)
+    return Error(code, message, runtime_code);
+  else
+    return E(message, runtime_code);
+}
+
+}  // namespace detail
+
+/// What a build without exceptions does where a build with them throws: the handler gets the
+/// error that would have been thrown. It must not return: end the process (std::abort,
+/// std::_Exit, std::quick_exit); if it returns, gpusafe aborts. Never consulted in a build with
+/// exceptions.
+using ErrorHandler = void (*)(const Error& error) noexcept;
+
+/// The handler used until set_error_handler is called: logs the error at LogLevel::error (the
+/// code's name and the message) and aborts.
+[[noreturn]] inline void default_error_handler(const Error& error) noexcept {
+  log_lazy(LogLevel::error, [&] {
+    return std::string("unhandled ") + to_string(error.code()) + " error: " + error.what();
+  });
+  std::abort();
+}
+
+namespace detail {
+inline std::atomic<ErrorHandler>& error_handler_slot() noexcept {
+  static std::atomic<ErrorHandler> handler{nullptr};
+  return handler;
+}
+}  // namespace detail
+
+/// Installs `handler` (nullptr restores default_error_handler) and returns the previous one.
+/// Thread-safe; the handler applies to the whole process, in builds without exceptions.
+inline ErrorHandler set_error_handler(ErrorHandler handler) noexcept {
+  ErrorHandler previous = detail::error_handler_slot().exchange(handler, std::memory_order_acq_rel);
+  return previous ? previous : &default_error_handler;
+}
+
+namespace detail {
+
+/// Hands `error` to the error handler; the no-exceptions form of `throw error`.
+[[noreturn]] inline void raise_error(const Error& error) noexcept {
+  const ErrorHandler handler = error_handler_slot().load(std::memory_order_acquire);
+  (handler ? handler : &default_error_handler)(error);
+  std::abort();  // a handler that returned
+}
+
+}  // namespace detail
+
+GPUSAFE_NAMESPACE_END
+
+/// `throw error`, or in a build without exceptions a call of the error handler (which does not
+/// return). `error` is a gpusafe::Error.
+#if GPUSAFE_HAS_EXCEPTIONS
+#define GPUSAFE_THROW(error) throw error
+#else
+#define GPUSAFE_THROW(error) ::gpusafe::detail::raise_error(error)
+#endif
+
+GPUSAFE_NAMESPACE_BEGIN
+namespace detail {
+
 /// Throws a new exception of the type that `code` names, with `nested` (when set) nested inside
 /// it as by std::throw_with_nested, so that each thread can throw its own copy of one failure.
 [[noreturn]] inline void throw_error(ErrorCode code, const std::string& message, int runtime_code,
                                      std::exception_ptr nested = nullptr) {
   visit_error_type(code, [&](auto tag) {
     using E = typename decltype(tag)::type;
-    auto make = [&] {
-      if constexpr (std::is_same<E, Error>::value)
-        return Error(code, message, runtime_code);
-      else
-        return E(message, runtime_code);
-    };
-    if (!nested) throw make();
+#if GPUSAFE_HAS_EXCEPTIONS
+    if (!nested) throw make_error<E>(code, message, runtime_code);
     try {
       std::rethrow_exception(nested);
     } catch (...) {
-      std::throw_with_nested(make());
+      std::throw_with_nested(make_error<E>(code, message, runtime_code));
     }
+#else
+    (void)nested;
+    raise_error(make_error<E>(code, message, runtime_code));
+#endif
   });
-  throw Error(code, message, runtime_code);  // not reached
+  GPUSAFE_THROW(Error(code, message, runtime_code));  // not reached
+}
+
+/// The message of the exception being handled: what() of a std::exception, else a fixed text.
+/// Call it only inside a catch block.
+inline const char* current_exception_what() noexcept {
+#if GPUSAFE_HAS_EXCEPTIONS
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+  }
+#endif
+  return "a non-std exception";
 }
 
 }  // namespace detail

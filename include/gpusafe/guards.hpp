@@ -150,13 +150,9 @@ class BasicSafeCudaCleanup {
     std::string first_failure;
     while (!actions_.empty()) {
       // run_top() takes the action off first, so it may call defer() or dismiss() on this guard.
-      try {
-        (void)actions_.run_top();
-      } catch (const std::exception& e) {
-        if (failures++ == 0) first_failure = copy_or_empty(e.what());
-      } catch (...) {
-        if (failures++ == 0)
-          first_failure = copy_or_empty("an exception not derived from std::exception");
+      GPUSAFE_TRY { (void)actions_.run_top(); }
+      GPUSAFE_CATCH_ALL {
+        if (failures++ == 0) first_failure = copy_or_empty(detail::current_exception_what());
       }
     }
     if (failures > 0) {
@@ -191,11 +187,8 @@ class BasicSafeCudaCleanup {
 
   /// `text` as a string, or an empty one when there is no memory for it (run() is noexcept).
   static std::string copy_or_empty(const char* text) noexcept {
-    try {
-      return text;
-    } catch (...) {
-      return {};
-    }
+    GPUSAFE_TRY { return text; }
+    GPUSAFE_CATCH_ALL { return {}; }
   }
 
   Options options_{};
@@ -320,18 +313,17 @@ void log_cleanup_failure_once(const char* why, const char* what = nullptr,
 template <class T>
 bool leak_for_teardown(T& x) noexcept {
   static_assert(std::is_move_constructible_v<T>, "leak_for_teardown needs a movable type");
-  try {
+  GPUSAFE_TRY {
     // Deliberately never deleted: its destructor could call the runtime.
     detail::mark_deliberate_leak(new T(std::move(x)));
-  } catch (...) {
+  }
+  GPUSAFE_CATCH_ALL {
     detail::log_cleanup_failure_once<T>("could not move the object aside at exit");
     return false;
   }
   if constexpr (detail::HasReset<T>::value) {
-    try {
-      x.reset();
-    } catch (...) {
-    }
+    GPUSAFE_TRY { x.reset(); }
+    GPUSAFE_CATCH_ALL {}
   }
   return true;
 }
@@ -347,11 +339,8 @@ bool release_element(T& x) noexcept {
 template <class T>
 bool still_holds(const T& x) noexcept {
   if constexpr (HasBool<T>::value) {
-    try {
-      return static_cast<bool>(x);
-    } catch (...) {
-      return true;
-    }
+    GPUSAFE_TRY { return static_cast<bool>(x); }
+    GPUSAFE_CATCH_ALL { return true; }
   } else {
     return false;
   }
@@ -374,14 +363,10 @@ bool release_optional(T& x) noexcept {
 template <class U, class D>
 void destroy_unique(std::unique_ptr<U, D>& x) noexcept {
   auto p = x.release();
-  try {
-    x.get_deleter()(p);
-  } catch (const std::exception& e) {
-    log_cleanup_failure_once<std::unique_ptr<U, D>>("the object's destructor threw", e.what(),
-                                                    "the pointer was emptied");
-  } catch (...) {
+  GPUSAFE_TRY { x.get_deleter()(p); }
+  GPUSAFE_CATCH_ALL {
     log_cleanup_failure_once<std::unique_ptr<U, D>>(
-        "the object's destructor threw", "a non-std exception", "the pointer was emptied");
+        "the object's destructor threw", current_exception_what(), "the pointer was emptied");
   }
 }
 
@@ -425,11 +410,10 @@ bool release_range(T& x) noexcept {
     }
   }
   if constexpr (HasClear<T>::value) {
-    try {
+    GPUSAFE_TRY {
       x.clear();  // elements are empty (or leaked) by now
-    } catch (...) {
-      log_cleanup_failure_once<T>("clearing the container threw");
     }
+    GPUSAFE_CATCH_ALL { log_cleanup_failure_once<T>("clearing the container threw"); }
   }
   return released;
 }
@@ -438,20 +422,14 @@ template <class T>
 bool release_resettable(T& x) noexcept {
   bool held = true;
   if constexpr (HasBool<T>::value) {
-    try {
-      held = static_cast<bool>(x);
-    } catch (...) {
-    }
+    GPUSAFE_TRY { held = static_cast<bool>(x); }
+    GPUSAFE_CATCH_ALL {}
   }
   if (!held) return false;
   if (cleanup_runtime_is_gone()) return leak_for_teardown(x);
-  try {
-    x.reset();
-  } catch (const std::exception& e) {
-    log_cleanup_failure_once<T>("reset() threw", e.what());
-    return false;
-  } catch (...) {
-    log_cleanup_failure_once<T>("reset() threw", "a non-std exception");
+  GPUSAFE_TRY { x.reset(); }
+  GPUSAFE_CATCH_ALL {
+    log_cleanup_failure_once<T>("reset() threw", current_exception_what());
     return false;
   }
   return true;
@@ -536,12 +514,13 @@ class BasicDeviceGuard {
   explicit BasicDeviceGuard(int device) : device_(device) {
     using Calls = detail::RuntimeCalls<Runtime>;
     const std::string what = "DeviceGuard(" + std::to_string(device) + ")";
-    if (device < 0) throw InvalidArgument(what + ": negative device index; pass 0 or a GPU index");
+    if (device < 0)
+      GPUSAFE_THROW(InvalidArgument(what + ": negative device index; pass 0 or a GPU index"));
     if (!Calls::gpu_available()) {
       if (device == 0) return;
       if (detail::runtime_is_gone<Runtime>()) check_gpu_request(device, what);
-      throw InvalidArgument(what + ": there is no usable GPU (" + Calls::name() +
-                            " runtime), so only index 0, the host, exists; pass 0");
+      GPUSAFE_THROW(InvalidArgument(what + ": there is no usable GPU (" + Calls::name() +
+                                    " runtime), so only index 0, the host, exists; pass 0"));
     }
     // Held during the calls so that the exit handler waits for them (bounded) before the runtime
     // tears down; refused when forked or exiting, which check_gpu_request reports clearly.

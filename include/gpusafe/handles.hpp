@@ -130,7 +130,8 @@ class BasicGpuHandle {
     detail::arm_exit_flag<Runtime>();
     const std::string w = what(device);
     if (device < kCurrentDevice)
-      throw InvalidArgument(w + ": negative device index; pass kCurrentDevice (-1) or a GPU index");
+      GPUSAFE_THROW(
+          InvalidArgument(w + ": negative device index; pass kCurrentDevice (-1) or a GPU index"));
     Traits::check(params_, w);
     check_gpu_request(device < 0 ? 0 : device, w);
     if (!detail::RuntimeCalls<Runtime>::gpu_available()) detail::throw_no_gpu<Runtime>(w);
@@ -262,8 +263,8 @@ struct StreamTraits {
   }
   static void check(const Params& p, const std::string& what) {
     if ((p.flags & ~kStreamNonBlocking) != 0)
-      throw InvalidArgument(what + ": unknown stream flags " + std::to_string(p.flags) +
-                            "; pass 0 (cudaStreamDefault) or kStreamNonBlocking (1)");
+      GPUSAFE_THROW(InvalidArgument(what + ": unknown stream flags " + std::to_string(p.flags) +
+                                    "; pass 0 (cudaStreamDefault) or kStreamNonBlocking (1)"));
   }
   static std::string fix_hint(Status s) {
     return s.code == codes::invalid_value
@@ -348,13 +349,12 @@ struct EventTraits {
   static void check(const Params& p, const std::string& what) {
     constexpr unsigned known = kEventBlockingSync | kEventDisableTiming | kEventInterprocess;
     if ((p.flags & ~known) != 0)
-      throw InvalidArgument(what + ": unknown event flags " + std::to_string(p.flags) +
-                            "; combine kEventBlockingSync (1), kEventDisableTiming (2) and "
-                            "kEventInterprocess (4)");
+      GPUSAFE_THROW(InvalidArgument(what + ": unknown event flags " + std::to_string(p.flags) +
+                                    "; combine kEventBlockingSync (1), kEventDisableTiming (2) and "
+                                    "kEventInterprocess (4)"));
     if ((p.flags & kEventInterprocess) && !(p.flags & kEventDisableTiming))
-      throw InvalidArgument(what +
-                            ": an interprocess event cannot record timing; add "
-                            "kEventDisableTiming to the flags");
+      GPUSAFE_THROW(InvalidArgument(what + ": an interprocess event cannot record timing; add "
+                                           "kEventDisableTiming to the flags"));
   }
   static std::string fix_hint(Status) { return {}; }
 
@@ -424,9 +424,9 @@ struct GraphExecTraits {
   }
   static void check(const Params& p, const std::string& what) {
     if (!p.graph)
-      throw InvalidArgument(what +
-                            ": no graph to instantiate; capture or build a cudaGraph_t first "
-                            "and pass it as GraphExecParams::graph");
+      GPUSAFE_THROW(
+          InvalidArgument(what + ": no graph to instantiate; capture or build a cudaGraph_t first "
+                                 "and pass it as GraphExecParams::graph"));
   }
   static std::string fix_hint(Status) { return {}; }
 

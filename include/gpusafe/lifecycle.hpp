@@ -55,10 +55,10 @@ inline bool device_is_poisoned(int device) noexcept { return detail::is_poisoned
 /// mark. Throws InvalidArgument for a negative index.
 inline void notify_device_reset(int device) {
   if (device < 0 || device >= detail::kMaxDevices)
-    throw InvalidArgument(
-        "notify_device_reset(" + std::to_string(device) +
-        "): device index out of range; pass the index given to cudaSetDevice (0.." +
-        std::to_string(detail::kMaxDevices - 1) + ")");
+    GPUSAFE_THROW(
+        InvalidArgument("notify_device_reset(" + std::to_string(device) +
+                        "): device index out of range; pass the index given to cudaSetDevice (0.." +
+                        std::to_string(detail::kMaxDevices - 1) + ")"));
   detail::bump_epoch(device);
 }
 

@@ -111,14 +111,15 @@ inline LogSink set_log_sink(LogSink sink) {
 inline void log(LogLevel level, std::string_view message) noexcept {
   if (!log_enabled(level)) return;
   auto& lg = detail::logger();
-  try {
+  GPUSAFE_TRY {
     std::lock_guard<std::mutex> lock(lg.mutex);
     if (lg.sink) {
       lg.sink(level, message);
     } else {
       detail::stderr_sink(level, message);
     }
-  } catch (...) {
+  }
+  GPUSAFE_CATCH_ALL {
     // A failing sink must not take the caller down; there is nowhere left to report to.
   }
 }
@@ -128,11 +129,11 @@ inline void log(LogLevel level, std::string_view message) noexcept {
 template <class MakeMessage>
 void log_lazy(LogLevel level, MakeMessage&& make) noexcept {
   if (!log_enabled(level)) return;
-  try {
+  GPUSAFE_TRY {
     const std::string message = std::forward<MakeMessage>(make)();
     log(level, message);
-  } catch (...) {
   }
+  GPUSAFE_CATCH_ALL {}
 }
 
 /// A flag that lets a resource log a given problem once in its life (DESIGN rule 2).

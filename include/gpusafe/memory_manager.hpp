@@ -145,25 +145,27 @@ class ManagerCleanupScope {
 inline MemoryManagerOptions validate_manager_options(MemoryManagerOptions o) {
   const std::string what = "MemoryManager '" + o.name + "'";
   if (!(o.release_threshold >= 0.0 && o.release_threshold <= 1.0))
-    throw InvalidArgument(what + ": release_threshold " + std::to_string(o.release_threshold) +
-                          " is outside 0..1; it is the fraction of device memory in use above "
-                          "which memory is released (0.9 = 90%), or 0 to turn it off");
+    GPUSAFE_THROW(
+        InvalidArgument(what + ": release_threshold " + std::to_string(o.release_threshold) +
+                        " is outside 0..1; it is the fraction of device memory in use above "
+                        "which memory is released (0.9 = 90%), or 0 to turn it off"));
   if (o.cleanup_interval.count() < 0)
-    throw InvalidArgument(what + ": cleanup_interval " +
-                          std::to_string(o.cleanup_interval.count()) +
-                          " ms is negative; pass a positive period, or 0 for no timer");
+    GPUSAFE_THROW(InvalidArgument(what + ": cleanup_interval " +
+                                  std::to_string(o.cleanup_interval.count()) +
+                                  " ms is negative; pass a positive period, or 0 for no timer"));
   if (o.cleanup_interval > MemoryManagerOptions::kMaxCleanupInterval)
-    throw InvalidArgument(what + ": cleanup_interval " +
-                          std::to_string(o.cleanup_interval.count()) +
-                          " ms is longer than 24 h; pass a period of at most 24 h "
-                          "(MemoryManagerOptions::kMaxCleanupInterval), or 0 for no timer");
+    GPUSAFE_THROW(
+        InvalidArgument(what + ": cleanup_interval " + std::to_string(o.cleanup_interval.count()) +
+                        " ms is longer than 24 h; pass a period of at most 24 h "
+                        "(MemoryManagerOptions::kMaxCleanupInterval), or 0 for no timer"));
   if (o.device < 0)
-    throw InvalidArgument(what + ": device " + std::to_string(o.device) +
-                          " is negative; pass the CUDA device index (0 on a CPU-only machine)");
+    GPUSAFE_THROW(
+        InvalidArgument(what + ": device " + std::to_string(o.device) +
+                        " is negative; pass the CUDA device index (0 on a CPU-only machine)"));
   if (o.history_length == 0)
-    throw InvalidArgument(what +
-                          ": history_length is 0; the history must hold at least one "
-                          "snapshot (the default keeps 256)");
+    GPUSAFE_THROW(InvalidArgument(what +
+                                  ": history_length is 0; the history must hold at least one "
+                                  "snapshot (the default keeps 256)"));
   return o;
 }
 
@@ -171,14 +173,13 @@ inline MemoryManagerOptions validate_manager_options(MemoryManagerOptions o) {
 /// names the call.
 inline void check_timer_interval(const std::string& what, std::chrono::milliseconds interval) {
   if (interval.count() <= 0)
-    throw InvalidArgument(what +
-                          ": the interval must be positive; set "
-                          "MemoryManagerOptions::cleanup_interval or pass one");
+    GPUSAFE_THROW(InvalidArgument(what + ": the interval must be positive; set "
+                                         "MemoryManagerOptions::cleanup_interval or pass one"));
   if (interval > MemoryManagerOptions::kMaxCleanupInterval)
-    throw InvalidArgument(what +
-                          ": the interval is longer than 24 h; pass at most 24 h "
-                          "(MemoryManagerOptions::kMaxCleanupInterval), or call cleanup() "
-                          "yourself for longer periods");
+    GPUSAFE_THROW(InvalidArgument(what +
+                                  ": the interval is longer than 24 h; pass at most 24 h "
+                                  "(MemoryManagerOptions::kMaxCleanupInterval), or call cleanup() "
+                                  "yourself for longer periods"));
 }
 
 /// A manager's entry in the global registry: gpusafe::shutdown() (ReclaimLevel::shutdown), which
@@ -242,9 +243,10 @@ class BasicMemoryManager {
   /// Throws InvalidArgument for a null pointer.
   void attach(const std::shared_ptr<Reclaimable>& resource) {
     if (!resource)
-      throw InvalidArgument("MemoryManager '" + options_.name +
-                            "': attach(nullptr): nothing to attach; pass pool.reclaimable() or "
-                            "the pool itself");
+      GPUSAFE_THROW(
+          InvalidArgument("MemoryManager '" + options_.name +
+                          "': attach(nullptr): nothing to attach; pass pool.reclaimable() or "
+                          "the pool itself"));
     attached_.add(resource);
   }
 
@@ -261,11 +263,8 @@ class BasicMemoryManager {
 
   template <class T, std::enable_if_t<detail::has_reclaimable<T>::value, int> = 0>
   bool detach(const T& x) noexcept {
-    try {
-      return detach(std::shared_ptr<Reclaimable>(x.reclaimable()));
-    } catch (...) {
-      return false;
-    }
+    GPUSAFE_TRY { return detach(std::shared_ptr<Reclaimable>(x.reclaimable())); }
+    GPUSAFE_CATCH_ALL { return false; }
   }
 
   /// Attached resources still alive.
@@ -317,12 +316,14 @@ class BasicMemoryManager {
         "MemoryManager '" + options_.name + "': start(" + std::to_string(interval.count()) + " ms)";
     detail::check_timer_interval(what, interval);
     if (process_is_exiting())
-      throw ShuttingDown(what + ": the process is exiting; start the timer before exit begins");
-    try {
-      timer_.start(interval);
-    } catch (const std::system_error& e) {
-      throw RuntimeFailure(what + ": could not create the timer thread (" + e.what() +
-                           "); call on_frame() from your loop instead");
+      GPUSAFE_THROW(
+          ShuttingDown(what + ": the process is exiting; start the timer before exit begins"));
+    GPUSAFE_TRY { timer_.start(interval); }
+    GPUSAFE_CATCH_ALL {
+      // std::thread reports a thread it could not create as std::system_error.
+      GPUSAFE_THROW(RuntimeFailure(what + ": could not create the timer thread (" +
+                                   detail::current_exception_what() +
+                                   "); call on_frame() from your loop instead"));
     }
   }
 
@@ -341,12 +342,12 @@ class BasicMemoryManager {
     stop();
     log_leaks_once();  // first, so that the resources need not report the same leases again
     std::size_t released = 0;
-    try {
+    GPUSAFE_TRY {
       ReclaimRequest request;
       request.level = ReclaimLevel::shutdown;
       for (const auto& r : attached_.live()) released += r->reclaim(request);
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
     bytes_released_.fetch_add(released, std::memory_order_relaxed);
     return released;
   }
@@ -442,11 +443,12 @@ class BasicMemoryManager {
     detail::ManagerCleanupScope scope(this);
     counter.fetch_add(1, std::memory_order_relaxed);
     std::size_t released = 0;
-    try {
+    GPUSAFE_TRY {
       released += reclaim_light();
       released += release_locked().bytes_freed;
       record(take_snapshot());
-    } catch (...) {
+    }
+    GPUSAFE_CATCH_ALL {
       if (cleanup_failed_.first())
         emit(LogLevel::warning, "MemoryManager '" + options_.name +
                                     "': out of memory during a cleanup; part of it skipped");
@@ -486,7 +488,7 @@ class BasicMemoryManager {
 
   ReleaseResult release_locked() noexcept {
     ReleaseResult result;
-    try {
+    GPUSAFE_TRY {
       const auto read = [this] { return read_memory(); };
       if (!detail::measure_for_release(result, options_.release_threshold, read)) return result;
       threshold_releases_.fetch_add(1, std::memory_order_relaxed);
@@ -498,9 +500,8 @@ class BasicMemoryManager {
       // Still over with nothing left to free: warn once, then keep it at info level.
       emit(result.target_reached || !still_over_.first() ? LogLevel::info : LogLevel::warning,
            format_release_summary(options_.name, reason, result));
-    } catch (...) {
-      result.note = "out of memory during the release";
     }
+    GPUSAFE_CATCH_ALL { result.note = "out of memory during the release"; }
     return result;
   }
 
@@ -541,14 +542,14 @@ class BasicMemoryManager {
 
   ReleaseResult skip_nested_release() noexcept {
     ReleaseResult result;
-    try {
+    GPUSAFE_TRY {
       result.note =
           "skipped: called from inside this manager's own cleanup (a resource's reclaim()); "
           "the cleanup running on this thread goes on";
       log(LogLevel::debug,
           "MemoryManager '" + options_.name + "': release_if_over_threshold() " + result.note);
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
     return result;
   }
 
@@ -559,15 +560,15 @@ class BasicMemoryManager {
       log(level, message);
       return;
     }
-    try {
+    GPUSAFE_TRY {
       std::lock_guard<std::mutex> lock(sync_.sink);
       options_.log_sink(level, message);
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
   }
 
   void log_leaks_once() noexcept {
-    try {
+    GPUSAFE_TRY {
       const auto resources = attached_.live();
       const LeakReport report = detail::collect_leaks(resources);
       if (report.empty() || !leaks_logged_.first()) return;
@@ -575,8 +576,8 @@ class BasicMemoryManager {
            "MemoryManager '" + options_.name + "' at shutdown: " + report.to_string());
       for (const auto& r : resources)
         if (LeakReporter* reporter = r->leak_reporter()) reporter->note_leaks_reported();
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
   }
 
   // ---- state ---------------------------------------------------------------------------------

@@ -67,20 +67,20 @@ class BasicPoolMemoryResource final : public std::pmr::memory_resource {
         alignment_(pool.options().alignment),
         max_class_bytes_(pool.options().classes.empty() ? 0 : pool.options().classes.back().bytes) {
     if (pool.options().kind == MemoryKind::device)
-      throw InvalidArgument(
+      GPUSAFE_THROW(InvalidArgument(
           "PoolMemoryResource over BufferPool '" + pool.name() +
           "': the pool was built for device memory (BufferPoolOptions::kind = device" +
           (pool.is_fallback() ? ", served from the host only because there is no GPU" : "") +
           "), and a memory_resource's blocks are written by host code (containers construct "
           "their elements in them); build the pool with MemoryKind::host or "
-          "MemoryKind::pinned_host");
+          "MemoryKind::pinned_host"));
     if (alignment_ < alignof(BufferLease))
-      throw InvalidArgument("PoolMemoryResource over BufferPool '" + pool.name() +
-                            "': the pool's alignment " + std::to_string(alignment_) +
-                            " is below the " + std::to_string(alignof(BufferLease)) +
-                            " bytes that the lease kept in each block needs; build the pool with "
-                            "BufferPoolOptions::alignment of at least " +
-                            std::to_string(alignof(BufferLease)) + " (256 is the default)");
+      GPUSAFE_THROW(InvalidArgument(
+          "PoolMemoryResource over BufferPool '" + pool.name() + "': the pool's alignment " +
+          std::to_string(alignment_) + " is below the " + std::to_string(alignof(BufferLease)) +
+          " bytes that the lease kept in each block needs; build the pool with "
+          "BufferPoolOptions::alignment of at least " +
+          std::to_string(alignof(BufferLease)) + " (256 is the default)"));
   }
 
   BasicPoolMemoryResource(const BasicPoolMemoryResource&) = delete;
@@ -148,8 +148,16 @@ class BasicPoolMemoryResource final : public std::pmr::memory_resource {
 
   // Cold: an empty lease in the trailer marks an upstream block.
   GPUSAFE_NOINLINE void* allocate_upstream(std::size_t bytes, std::size_t alignment) {
-    if (upstream_ == nullptr || bytes > SIZE_MAX - sizeof(BufferLease) - alignof(BufferLease))
-      throw std::bad_alloc();
+    if (upstream_ == nullptr || bytes > SIZE_MAX - sizeof(BufferLease) - alignof(BufferLease)) {
+#if GPUSAFE_HAS_EXCEPTIONS
+      throw std::bad_alloc();  // what memory_resource::allocate promises
+#else
+      detail::raise_error(OutOfMemory("PoolMemoryResource over BufferPool '" + pool_->name() +
+                                      "': " + std::to_string(bytes) +
+                                      " bytes fit no free buffer and there is no upstream "
+                                      "resource to ask; give one, or a larger pool"));
+#endif
+    }
     void* p = upstream_->allocate(lease_offset(bytes) + sizeof(BufferLease),
                                   upstream_alignment(alignment));
     ::new (static_cast<void*>(lease_at(p, bytes))) BufferLease();

@@ -279,7 +279,7 @@ class ReclaimRegistration {
 /// were released. Returns the bytes released. Never throws.
 inline std::size_t reclaim_all(const ReclaimRequest& request = {}) noexcept {
   std::size_t released = 0;
-  try {
+  GPUSAFE_TRY {
     for (const auto& entry : detail::registry_snapshot()) {
       if (released >= request.bytes_goal) break;
       ReclaimRequest remaining = request;
@@ -295,7 +295,8 @@ inline std::size_t reclaim_all(const ReclaimRequest& request = {}) noexcept {
       }
       if (shared) released += shared->reclaim(remaining);
     }
-  } catch (...) {
+  }
+  GPUSAFE_CATCH_ALL {
     log(LogLevel::error, "reclaim_all: out of memory while listing resources; nothing reclaimed");
   }
   return released;

@@ -57,6 +57,46 @@ struct DeviceInfo {
   std::size_t free_memory = 0;
 };
 
+namespace detail {
+
+/// Why Runtime has no usable GPU, for messages: the CUDA probe's answer
+/// (cuda_status()) on CUDA, what a device count answers on other runtimes. `*code` gets the
+/// runtime status behind it (0 when none is known).
+template <class Runtime>
+std::string no_gpu_cause(int* code) {
+  *code = 0;
+#if GPUSAFE_WITH_CUDA
+  if constexpr (std::is_same_v<Runtime, CudaRuntime>) {
+    const CudaStatus st = cuda_status();
+    if (st == CudaStatus::no_driver) *code = codes::insufficient_driver;
+    if (st == CudaStatus::no_device) *code = codes::no_device;
+    return to_string(st);
+  }
+#endif
+  if constexpr (std::is_same_v<Runtime, HostRuntime>) {
+#if GPUSAFE_WITH_CUDA
+    return "the host runtime serves host memory only; use the CUDA runtime for GPU memory";
+#else
+    return to_string(CudaStatus::not_compiled);
+#endif
+  }
+  int count = 0;
+  const Status s = RuntimeCalls<Runtime>::device_count(count);
+  *code = s.code;
+  if (s.ok()) return count > 0 ? "the device is not usable" : "no device visible";
+  switch (s.code) {
+    case codes::no_device:
+      return std::string(to_string(CudaStatus::no_device)) + ": " + s.describe();
+    case codes::insufficient_driver:
+    case codes::stub_library:
+      return std::string(to_string(CudaStatus::no_driver)) + ": " + s.describe();
+    default:
+      return s.describe();
+  }
+}
+
+}  // namespace detail
+
 /// What memory a request for `kind` really gets on Runtime: `kind` itself when the GPU is usable
 /// or when host memory was asked for; host memory (with `*fell_back = true`) when `fallback`
 /// allows it; otherwise NoGpu. `what` names the request for the message.
@@ -70,9 +110,16 @@ MemoryKind resolve_memory_kind(MemoryKind kind, Fallback fallback, bool* fell_ba
   if (kind == MemoryKind::host) return kind;
   if (detail::runtime_is_gone<Runtime>()) check_gpu_request(0, what);
   if (Calls::gpu_available()) return kind;
-  if (fallback == Fallback::error)
-    throw NoGpu(what + ": " + to_string(kind) + " memory was asked for with Fallback::error, but " +
-                Calls::name() + " has no usable GPU; use Fallback::host to run on the CPU");
+  if (fallback == Fallback::error) {
+    int code = 0;
+    const std::string cause = detail::no_gpu_cause<Runtime>(&code);
+    GPUSAFE_THROW(NoGpu(what + ": " + to_string(kind) +
+                            " memory was asked for with Fallback::error, but the " + Calls::name() +
+                            " runtime has no usable GPU (" + cause +
+                            "); fix that (check the driver and CUDA_VISIBLE_DEVICES) or use "
+                            "Fallback::host to run on the CPU",
+                        code));
+  }
   *fell_back = true;
   return MemoryKind::host;
 }
@@ -101,8 +148,8 @@ DeviceInfo get_device_info(int device = 0) {
   const std::string what = "get_device_info(" + std::to_string(device) + ")";
   if (!Calls::gpu_available()) {
     if (device != 0)
-      throw InvalidArgument(what + ": there is no GPU (" + Calls::name() +
-                            " runtime), so only index 0, the host, exists; pass 0");
+      GPUSAFE_THROW(InvalidArgument(what + ": there is no GPU (" + Calls::name() +
+                                    " runtime), so only index 0, the host, exists; pass 0"));
     return detail::host_device_info();
   }
   // Each call below is admitted like a release call, so that a thread still asking while the
@@ -112,8 +159,9 @@ DeviceInfo get_device_info(int device = 0) {
   int count = 0;
   throw_on_failure(Calls::device_count(count), what + ": counting devices");
   if (device < 0 || device >= count)
-    throw InvalidArgument(what + ": no such device; this machine has " + std::to_string(count) +
-                          " GPU(s), valid indices are 0.." + std::to_string(count - 1));
+    GPUSAFE_THROW(InvalidArgument(what + ": no such device; this machine has " +
+                                  std::to_string(count) + " GPU(s), valid indices are 0.." +
+                                  std::to_string(count - 1)));
   DeviceProperties props;
   throw_on_failure(Calls::device_properties(device, props), what + ": reading properties");
   DeviceInfo info;

@@ -106,9 +106,9 @@ class StopOnSignals {
         const std::string reason =
             (s == SIGKILL || s == SIGSTOP) ? "it cannot be caught" : std::strerror(errno);
         restore();
-        throw InvalidArgument("StopOnSignals: cannot install a handler for signal " +
-                              std::to_string(s) + " (" + reason +
-                              "); give catchable signals such as SIGINT and SIGTERM");
+        GPUSAFE_THROW(InvalidArgument("StopOnSignals: cannot install a handler for signal " +
+                                      std::to_string(s) + " (" + reason +
+                                      "); give catchable signals such as SIGINT and SIGTERM"));
       }
       saved_.push_back(saved);
     }

@@ -61,8 +61,8 @@ class BasicStreamPool {
   explicit BasicStreamPool(StreamPoolOptions options = {}) : options_(options) {
     const std::string what = "StreamPool(size " + std::to_string(options.size) + ")";
     if (options.size == 0 || options.size > kMaxSize)
-      throw InvalidArgument(what + ": the size must lie in 1.." + std::to_string(kMaxSize) +
-                            "; a few streams per device (4 to 32) are usually enough");
+      GPUSAFE_THROW(InvalidArgument(what + ": the size must lie in 1.." + std::to_string(kMaxSize) +
+                                    "; a few streams per device (4 to 32) are usually enough"));
     detail::arm_exit_flag<Runtime>();
     StreamTraits::check(options.params, what);
     if (!detail::RuntimeCalls<Runtime>::gpu_available() && !detail::runtime_is_gone<Runtime>()) {

@@ -44,6 +44,12 @@
 
 #include "gpusafe/config.hpp"
 
+#if !GPUSAFE_HAS_EXCEPTIONS
+#error \
+    "gpusafe/torch.hpp needs exceptions: LibTorch reports its errors as c10::Error exceptions. \
+Build the translation units that use LibTorch without -fno-exceptions."
+#endif
+
 // LibTorch built with CUDA ships ATen/cuda/CUDAConfig.h; CPU-only packages (Debian) may still ship
 // the c10/cuda headers but not the c10_cuda library, so those alone prove nothing.
 #ifndef GPUSAFE_TORCH_WITH_CUDA

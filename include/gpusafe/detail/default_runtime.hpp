@@ -184,11 +184,8 @@ struct CudaRuntime {
     cudaDeviceProp p{};
     const Status s = call(cudaGetDeviceProperties(&p, device));
     if (!s.ok()) return s;
-    try {
-      props.name = p.name;
-    } catch (...) {
-      return {codes::memory_allocation};
-    }
+    GPUSAFE_TRY { props.name = p.name; }
+    GPUSAFE_CATCH_ALL { return {codes::memory_allocation}; }
     props.compute_major = p.major;
     props.compute_minor = p.minor;
     props.multiprocessors = p.multiProcessorCount;

@@ -203,7 +203,7 @@ inline process_v1::HandleCounters& counters_of(HandleKind kind) noexcept {
 inline std::uint64_t track_handle(HandleKind kind, int device, const HandleSite& site) noexcept {
   auto& t = process_v1::handle_tracker();
   if (!t.enabled.load(std::memory_order_relaxed)) return 0;
-  try {
+  GPUSAFE_TRY {
     process_v1::HandleTrackRecord r;
     r.kind = kind;
     r.device = device;
@@ -215,7 +215,8 @@ inline std::uint64_t track_handle(HandleKind kind, int device, const HandleSite&
     std::lock_guard<std::mutex> lock(t.mutex);
     t.live.emplace(id, std::move(r));
     return id;
-  } catch (...) {
+  }
+  GPUSAFE_CATCH_ALL {
     return 0;  // out of memory: the handle works, it is only missing from the report
   }
 }

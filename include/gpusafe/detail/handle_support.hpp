@@ -110,11 +110,11 @@ template <class Runtime>
     if (!s.ok()) code = s.code;
     cause = s.ok() ? "no device" : s.describe();
   }
-  throw NoGpu(what + ": no usable GPU on the " + RuntimeCalls<Runtime>::name() + " runtime (" +
-                  cause +
-                  "); GPU handles need a GPU: check the driver and CUDA_VISIBLE_DEVICES, or take "
-                  "the CPU path when gpusafe::is_cuda_available() is false",
-              code);
+  GPUSAFE_THROW(NoGpu(
+      what + ": no usable GPU on the " + RuntimeCalls<Runtime>::name() + " runtime (" + cause +
+          "); GPU handles need a GPU: check the driver and CUDA_VISIBLE_DEVICES, or take "
+          "the CPU path when gpusafe::is_cuda_available() is false",
+      code));
 }
 
 /// Logs a failed destroy of a handle of Traits' kind, once per kind (rule 2).

@@ -27,21 +27,22 @@ GPUSAFE_NAMESPACE_BEGIN
   std::string message = what + ": " + s.describe();
   switch (s.error_class()) {
     case ErrorClass::out_of_memory:
-      throw OutOfMemory(message + "; " + (fix.empty() ? "free memory or ask for less" : fix),
-                        s.code);
+      GPUSAFE_THROW(OutOfMemory(
+          message + "; " + (fix.empty() ? "free memory or ask for less" : fix), s.code));
     case ErrorClass::no_gpu:
-      throw NoGpu(message + "; no usable GPU (check the driver and CUDA_VISIBLE_DEVICES)", s.code);
+      GPUSAFE_THROW(
+          NoGpu(message + "; no usable GPU (check the driver and CUDA_VISIBLE_DEVICES)", s.code));
     case ErrorClass::sticky:
-      throw DevicePoisoned(message +
-                               "; the CUDA context is poisoned by an earlier kernel fault: "
-                               "reset the device and call gpusafe::notify_device_reset()",
-                           s.code);
+      GPUSAFE_THROW(DevicePoisoned(message +
+                                       "; the CUDA context is poisoned by an earlier kernel fault: "
+                                       "reset the device and call gpusafe::notify_device_reset()",
+                                   s.code));
     case ErrorClass::benign_at_shutdown:
-      throw ShuttingDown(message + "; the CUDA runtime is shutting down", s.code);
+      GPUSAFE_THROW(ShuttingDown(message + "; the CUDA runtime is shutting down", s.code));
     case ErrorClass::usage:
-      throw InvalidArgument(message + (fix.empty() ? "" : "; " + fix), s.code);
+      GPUSAFE_THROW(InvalidArgument(message + (fix.empty() ? "" : "; " + fix), s.code));
     default:
-      throw RuntimeFailure(message + (fix.empty() ? "" : "; " + fix), s.code);
+      GPUSAFE_THROW(RuntimeFailure(message + (fix.empty() ? "" : "; " + fix), s.code));
   }
 }
 
@@ -63,19 +64,20 @@ inline bool gpu_request_refused(int device) noexcept {
 /// with a message naming `what`.
 inline void check_gpu_request(int device, const std::string& what) {
   if (detail::is_forked_child())
-    throw ForkedChild(what +
-                      ": this process was forked after gpusafe started; CUDA cannot be "
-                      "used in a forked child. Use CPU paths here, or create GPU resources "
-                      "only after fork (or use spawn/exec instead)");
+    GPUSAFE_THROW(ForkedChild(what +
+                              ": this process was forked after gpusafe started; CUDA cannot be "
+                              "used in a forked child. Use CPU paths here, or create GPU resources "
+                              "only after fork (or use spawn/exec instead)"));
   if (detail::is_exiting())
-    throw ShuttingDown(what +
-                       ": the process is exiting and the GPU runtime may already be torn "
-                       "down; create GPU resources before exit begins");
+    GPUSAFE_THROW(ShuttingDown(what +
+                               ": the process is exiting and the GPU runtime may already be torn "
+                               "down; create GPU resources before exit begins"));
   if (detail::is_poisoned(device))
-    throw DevicePoisoned(what + ": device " + std::to_string(device) +
-                         " hit a sticky CUDA error earlier; reset it (cudaDeviceReset) and call "
-                         "gpusafe::notify_device_reset(" +
-                         std::to_string(device) + ")");
+    GPUSAFE_THROW(
+        DevicePoisoned(what + ": device " + std::to_string(device) +
+                       " hit a sticky CUDA error earlier; reset it (cudaDeviceReset) and call "
+                       "gpusafe::notify_device_reset(" +
+                       std::to_string(device) + ")"));
 }
 
 namespace detail {
@@ -93,9 +95,10 @@ template <class Runtime>
 [[noreturn]] void throw_device_failure(Status s, const std::string& what, const std::string& step) {
   int count = 0;
   if (s.code == codes::invalid_device && RuntimeCalls<Runtime>::device_count(count).ok())
-    throw InvalidArgument(what + ": no such device; this machine has " + std::to_string(count) +
-                              " GPU(s), valid indices are 0.." + std::to_string(count - 1),
-                          s.code);
+    GPUSAFE_THROW(InvalidArgument(what + ": no such device; this machine has " +
+                                      std::to_string(count) + " GPU(s), valid indices are 0.." +
+                                      std::to_string(count - 1),
+                                  s.code));
   throw_status(s, what + ": " + step);
 }
 

@@ -101,20 +101,20 @@ struct CufftTraits {
   }
   static void check(const Params& p, const std::string& what) {
     if (p.rank < 1 || p.rank > 3)
-      throw InvalidArgument(what + ": rank " + std::to_string(p.rank) +
-                            " is not supported; cuFFT plans have 1, 2 or 3 dimensions");
+      GPUSAFE_THROW(InvalidArgument(what + ": rank " + std::to_string(p.rank) +
+                                    " is not supported; cuFFT plans have 1, 2 or 3 dimensions"));
     for (int i = 0; i < p.rank; ++i)
       if (p.dims[i] <= 0)
-        throw InvalidArgument(what + ": dimension " + std::to_string(i) + " is " +
-                              std::to_string(p.dims[i]) + "; give each of the " +
-                              std::to_string(p.rank) + " sizes a positive value");
+        GPUSAFE_THROW(InvalidArgument(what + ": dimension " + std::to_string(i) + " is " +
+                                      std::to_string(p.dims[i]) + "; give each of the " +
+                                      std::to_string(p.rank) + " sizes a positive value"));
     if (!detail::known_cufft_type(p.type))
-      throw InvalidArgument(what + ": unknown transform type " + std::to_string(p.type) +
-                            "; pass one of kCufftR2C, kCufftC2R, kCufftC2C, kCufftD2Z, "
-                            "kCufftZ2D, kCufftZ2Z");
+      GPUSAFE_THROW(InvalidArgument(what + ": unknown transform type " + std::to_string(p.type) +
+                                    "; pass one of kCufftR2C, kCufftC2R, kCufftC2C, kCufftD2Z, "
+                                    "kCufftZ2D, kCufftZ2Z"));
     if (p.batch <= 0)
-      throw InvalidArgument(what + ": batch " + std::to_string(p.batch) +
-                            " is not positive; pass 1 or more transforms per execution");
+      GPUSAFE_THROW(InvalidArgument(what + ": batch " + std::to_string(p.batch) +
+                                    " is not positive; pass 1 or more transforms per execution"));
   }
   static std::string fix_hint(Status) { return {}; }
 

@@ -104,18 +104,18 @@ struct NcclTraits {
   }
   static void check(const Params& p, const std::string& what) {
     if (p.nranks < 1)
-      throw InvalidArgument(what + ": nranks is " + std::to_string(p.nranks) +
-                            "; a communicator has 1 rank or more");
+      GPUSAFE_THROW(InvalidArgument(what + ": nranks is " + std::to_string(p.nranks) +
+                                    "; a communicator has 1 rank or more"));
     if (p.rank < 0 || p.rank >= p.nranks)
-      throw InvalidArgument(what + ": rank " + std::to_string(p.rank) + " is outside 0.." +
-                            std::to_string(p.nranks - 1) + "; pass this process's rank");
+      GPUSAFE_THROW(InvalidArgument(what + ": rank " + std::to_string(p.rank) + " is outside 0.." +
+                                    std::to_string(p.nranks - 1) + "; pass this process's rank"));
     if (p.nranks > 1 && !p.unique_id)
-      throw InvalidArgument(what +
-                            ": several ranks need the same ncclUniqueId; make one with "
-                            "ncclGetUniqueId on rank 0, share it and pass it as unique_id");
+      GPUSAFE_THROW(
+          InvalidArgument(what + ": several ranks need the same ncclUniqueId; make one with "
+                                 "ncclGetUniqueId on rank 0, share it and pass it as unique_id"));
     if (p.timeout.count() <= 0)
-      throw InvalidArgument(what + ": timeout is " + std::to_string(p.timeout.count()) +
-                            " ms; pass a positive bound (the default is 5000 ms)");
+      GPUSAFE_THROW(InvalidArgument(what + ": timeout is " + std::to_string(p.timeout.count()) +
+                                    " ms; pass a positive bound (the default is 5000 ms)"));
   }
   static std::string fix_hint(Status s) {
     return s.code == codes::not_ready

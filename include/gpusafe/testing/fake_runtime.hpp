@@ -64,7 +64,7 @@ class FakeRuntime {
   /// Live allocations stay valid (and still count against their device).
   static void reset(int devices = 1, std::size_t capacity = std::size_t{1} << 30) {
     if (devices < 0)
-      throw InvalidArgument("FakeRuntime::reset: negative device count; pass 0 or more");
+      GPUSAFE_THROW(InvalidArgument("FakeRuntime::reset: negative device count; pass 0 or more"));
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     std::vector<std::size_t> used(static_cast<std::size_t>(devices), 0);
@@ -95,9 +95,9 @@ class FakeRuntime {
   /// The calls of `op` after the first `skip` fail with `code`, `times` times (-1 = forever).
   static void fail_call(FakeOp op, int code, std::uint64_t skip = 0, std::int64_t times = 1) {
     if (times == 0 || times < -1)
-      throw InvalidArgument("FakeRuntime::fail_call(" + std::string(to_string(op)) + ", " +
-                            std::to_string(code) + "): times is " + std::to_string(times) +
-                            "; pass 1 or more, or -1 for every call");
+      GPUSAFE_THROW(InvalidArgument("FakeRuntime::fail_call(" + std::string(to_string(op)) + ", " +
+                                    std::to_string(code) + "): times is " + std::to_string(times) +
+                                    "; pass 1 or more, or -1 for every call"));
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     st.faults.push_back({op, code, st.calls[static_cast<int>(op)].load() + skip, times});
@@ -106,7 +106,8 @@ class FakeRuntime {
   /// The k-th allocation from now (1-based) fails with `code` (default: out of memory).
   static void fail_nth_allocation(std::uint64_t k, int code = codes::memory_allocation) {
     if (k == 0)
-      throw InvalidArgument("FakeRuntime::fail_nth_allocation(0): k is 1-based; pass 1 or more");
+      GPUSAFE_THROW(
+          InvalidArgument("FakeRuntime::fail_nth_allocation(0): k is 1-based; pass 1 or more"));
     fail_call(FakeOp::allocate, code, k - 1, 1);
   }
 
@@ -296,11 +297,8 @@ class FakeRuntime {
   static Status device_properties(int device, DeviceProperties& props) noexcept {
     return finish(FakeOp::device_properties, [&] {
       if (!detail_fake::valid_device(device)) return codes::invalid_device;
-      try {
-        props.name = "FakeRuntime device " + std::to_string(device);
-      } catch (...) {
-        return codes::memory_allocation;
-      }
+      GPUSAFE_TRY { props.name = "FakeRuntime device " + std::to_string(device); }
+      GPUSAFE_CATCH_ALL { return codes::memory_allocation; }
       props.compute_major = 9;
       props.compute_minor = 0;
       props.multiprocessors = 132;
@@ -391,9 +389,10 @@ class FakeRuntime {
   static std::size_t checked_index(int device, const char* what) {
     const int n = state().device_count.load();
     if (device < 0 || device >= n)
-      throw InvalidArgument(std::string("FakeRuntime::") + what + "(" + std::to_string(device) +
-                            "): no such simulated device; valid indices are 0.." +
-                            std::to_string(n - 1) + " (FakeRuntime::reset sets the count)");
+      GPUSAFE_THROW(
+          InvalidArgument(std::string("FakeRuntime::") + what + "(" + std::to_string(device) +
+                          "): no such simulated device; valid indices are 0.." +
+                          std::to_string(n - 1) + " (FakeRuntime::reset sets the count)"));
     return static_cast<std::size_t>(device);
   }
 
@@ -421,9 +420,8 @@ class FakeRuntime {
       h->object = stream;
     }
     std::lock_guard<std::mutex> lock(st.mutex);
-    try {
-      st.handles.emplace(h->object, h);
-    } catch (...) {
+    GPUSAFE_TRY { st.handles.emplace(h->object, h); }
+    GPUSAFE_CATCH_ALL {
       if (h->object != h) delete static_cast<detail_fake::Stream*>(h->object);
       delete h;
       return codes::memory_allocation;
@@ -462,9 +460,8 @@ class FakeRuntime {
     const bool mapped = on_device && st.protect_device.load();
     void* p = mapped ? map_inaccessible(bytes) : gpusafe::detail::host_allocate(bytes);
     if (!p) return codes::memory_allocation;
-    try {
-      st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind, mapped});
-    } catch (...) {
+    GPUSAFE_TRY { st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind, mapped}); }
+    GPUSAFE_CATCH_ALL {
       release_memory(p, bytes, mapped);
       return codes::memory_allocation;
     }

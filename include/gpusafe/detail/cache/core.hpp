@@ -76,14 +76,11 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   }
 
   bool prefetch(const Key& key) noexcept {
-    try {
+    GPUSAFE_TRY {
       get(key);
       return this->is_resident(key);
-    } catch (const std::exception& e) {
-      log_prefetch_failure(e.what());
-    } catch (...) {
-      log_prefetch_failure("a non-std exception");
     }
+    GPUSAFE_CATCH_ALL { log_prefetch_failure(detail::current_exception_what()); }
     return false;
   }
 
@@ -100,7 +97,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   // Reclaimable
 
   std::size_t reclaim(const ReclaimRequest& request) noexcept override {
-    try {
+    GPUSAFE_TRY {
       if (request.device >= 0 && request.device != options_.device) return 0;
       // Light gives back what is cached and idle; a cache holds none (every resident model is
       // warm, and one evicted while held can only be freed by its handles). Heavy evicts.
@@ -116,7 +113,8 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
           set_.evict_lru(request.bytes_goal, EvictReason::reclaim, 0, g);
       }
       return g.finish();
-    } catch (...) {
+    }
+    GPUSAFE_CATCH_ALL {
       log(LogLevel::error, "ModelCache reclaim: out of memory; nothing reclaimed");
       return 0;
     }
@@ -128,13 +126,13 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   ResourceUsage usage() const noexcept override {
     ResourceUsage u;
     u.device = options_.device;
-    try {
+    GPUSAFE_TRY {
       Exclusive lock(const_cast<ModelCacheCore&>(*this));
       u.bytes_in_use = set_.resident_bytes();
       u.bytes_reserved = set_.charged();
       u.items = set_.resident_count();
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
     return u;
   }
 
@@ -199,7 +197,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     Claim c;
     Exclusive lock(*this);
     auto it = map_.find(key);
-    if (it == map_.end()) throw UnknownKey(messages_.unknown_key("get", key));
+    if (it == map_.end()) GPUSAFE_THROW(UnknownKey(messages_.unknown_key("get", key)));
     Entry& e = *it->second;
     if (e.cached) {
       c.hit = this->hit_exclusive(e, !counted);
@@ -219,7 +217,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
 
   void join_load(const Entry& e, Claim& c) {
     if (e.op->owner == std::this_thread::get_id())
-      throw InvalidArgument(messages_.own_loader_gets_its_key(e.key));
+      GPUSAFE_THROW(InvalidArgument(messages_.own_loader_gets_its_key(e.key)));
     ++counters_.waits;
     waits_.join(*e.op);
     c.op = e.op;
@@ -296,11 +294,11 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   // Pressure eviction before a load is best effort; the load goes on.
   void relieve_pressure() noexcept {
     if (!pressure_.enabled()) return;
-    try {
+    GPUSAFE_TRY {
       Grave pg(callback_failures_);
       evict_for_pressure(pg);
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
   }
 
   // Runs the loader with no lock held; returns the time it took.
@@ -308,13 +306,12 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
                                                   LoadFailure& error) noexcept {
     const Entry& e = *c.entry;
     const auto t0 = std::chrono::steady_clock::now();
-    try {
+    GPUSAFE_TRY {
       LoadFrameScope frame(this, c.reserved, *c.op, &e.key, &describe_erased_cache_key<Key>);
       loaded = e.loader();
-      if (!loaded.model) throw LoadFailed(messages_.null_model(e.key));
-    } catch (...) {
-      error = capture(e, "the loader threw");
+      if (!loaded.model) GPUSAFE_THROW(LoadFailed(messages_.null_model(e.key)));
     }
+    GPUSAFE_CATCH_ALL { error = capture(e, "the loader threw"); }
     return std::chrono::steady_clock::now() - t0;
   }
 
@@ -329,7 +326,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   Handle install(Claim& c, Loaded<Model>& loaded, Grave& g, LoadFailure& error) noexcept {
     Entry& e = *c.entry;
     Handle result;
-    try {
+    GPUSAFE_TRY {
       bool installed = false;
       if (c.cache_it && !e.removed && alive_) {
         g.set_callback(callback_);
@@ -347,7 +344,8 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
         result = loaded.model;
       }
       ++counters_.loads;
-    } catch (...) {
+    }
+    GPUSAFE_CATCH_ALL {
       error = capture(e, "caching the model failed");
       result.reset();
     }
@@ -378,8 +376,8 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
 
   [[noreturn]] void throw_budget(const Entry& e, std::size_t bytes, const char* when,
                                  const char* why_not_wait = "") const {
-    throw BudgetExceeded(
-        messages_.over_budget(e.key, e.residency, bytes, when, set_.figures(), why_not_wait));
+    GPUSAFE_THROW(BudgetExceeded(
+        messages_.over_budget(e.key, e.residency, bytes, when, set_.figures(), why_not_wait)));
   }
 
   void evict_for_pressure(Grave& g) {
@@ -408,7 +406,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   [[noreturn]] void throw_cycle(const Key& key, const LoadOpBase* mine) const {
     const LoadFrame* f = load_frame_of(mine);
     const std::string own = f ? f->describe(f->key) : std::string("a model");
-    throw InvalidArgument(messages_.load_cycle(key, own));
+    GPUSAFE_THROW(InvalidArgument(messages_.load_cycle(key, own)));
   }
 
   // The loads of other threads that hold room in the budget (under the lock).

@@ -114,12 +114,9 @@ class Graveyard {
   std::size_t report(Evicted& v) noexcept {
     v.model.reset();
     if (v.entry && reports()) {
-      try {
-        (*callback_)(v.entry->key, v.bytes, v.reason);
-      } catch (const std::exception& e) {
-        failures_.report(v.entry->key, v.bytes, v.reason, e.what());
-      } catch (...) {
-        failures_.report(v.entry->key, v.bytes, v.reason, "a non-std exception");
+      GPUSAFE_TRY { (*callback_)(v.entry->key, v.bytes, v.reason); }
+      GPUSAFE_CATCH_ALL {
+        failures_.report(v.entry->key, v.bytes, v.reason, current_exception_what());
       }
     }
     v.entry.reset();

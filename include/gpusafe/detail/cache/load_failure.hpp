@@ -42,6 +42,7 @@ LoadFailure capture_load_failure(Describe&& describe) noexcept {
   LoadFailure f;
   f.failed = true;
   f.code = ErrorCode::load_failed;
+#if GPUSAFE_HAS_EXCEPTIONS
   try {
     throw;
   } catch (const Error& err) {
@@ -53,10 +54,8 @@ LoadFailure capture_load_failure(Describe&& describe) noexcept {
     } catch (...) {
     }
     return f;
-  } catch (const std::exception& ex) {
-    f.message = describe(ex.what());
   } catch (...) {
-    f.message = describe("a non-std exception");
+    f.message = describe(current_exception_what());
   }
   f.nested = std::current_exception();
   try {
@@ -64,6 +63,10 @@ LoadFailure capture_load_failure(Describe&& describe) noexcept {
   } catch (...) {
     f.original = std::current_exception();
   }
+#else
+  // Without exceptions nothing is ever caught, so this is never called.
+  f.message = describe(current_exception_what());
+#endif
   return f;
 }
 
@@ -73,10 +76,8 @@ inline void mark_unrecorded_failure(LoadFailure& f) noexcept {
   if (f) return;
   f.failed = true;
   f.code = ErrorCode::load_failed;
-  try {
-    f.message = "ModelCache: a load failed and its error could not be recorded";
-  } catch (...) {
-  }
+  GPUSAFE_TRY { f.message = "ModelCache: a load failed and its error could not be recorded"; }
+  GPUSAFE_CATCH_ALL {}
 }
 
 /// A waiter's own copy of a failure: same type (by ErrorCode), message, runtime code and

@@ -136,14 +136,12 @@ class CacheMessages {
   /// key's operator<< may throw, and building the text may run out of memory.
   template <class Key>
   std::string load_failure(const Key& key, const char* context, const char* what) const noexcept {
-    try {
-      return prefix("get") + describe_cache_key(key) + ": " + context + ": " + what;
-    } catch (...) {
-    }
-    try {
+    GPUSAFE_TRY { return prefix("get") + describe_cache_key(key) + ": " + context + ": " + what; }
+    GPUSAFE_CATCH_ALL {}
+    GPUSAFE_TRY {
       return prefix("get") + "(a key whose description failed): " + context + ": " + what;
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
     return std::string();
   }
 

@@ -68,13 +68,13 @@ namespace detail {
 inline void validate_cache_options(const ModelCacheOptions& o) {
   const double hi = o.high_watermark, lo = o.low_watermark;
   if (!(hi >= 0.0 && hi <= 1.0 && lo >= 0.0 && lo <= 1.0) || lo > hi)
-    throw InvalidArgument("ModelCache '" + o.name + "': watermarks high=" + std::to_string(hi) +
-                          " low=" + std::to_string(lo) +
-                          " are invalid; both must lie in [0, 1] with low <= high "
-                          "(both 0 turns pressure eviction off)");
+    GPUSAFE_THROW(InvalidArgument("ModelCache '" + o.name + "': watermarks high=" +
+                                  std::to_string(hi) + " low=" + std::to_string(lo) +
+                                  " are invalid; both must lie in [0, 1] with low <= high "
+                                  "(both 0 turns pressure eviction off)"));
   if (o.device < 0)
-    throw InvalidArgument("ModelCache '" + o.name + "': device " + std::to_string(o.device) +
-                          " is negative; pass a device index");
+    GPUSAFE_THROW(InvalidArgument("ModelCache '" + o.name + "': device " +
+                                  std::to_string(o.device) + " is negative; pass a device index"));
 }
 
 /// Whether the cache must keep a model of this residency or fail (it may not hand it out

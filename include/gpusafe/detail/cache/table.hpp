@@ -58,11 +58,11 @@ class CacheTable {
   const ModelCacheOptions& options() const noexcept { return options_; }
 
   void add(const Key& key, Loader loader, Residency residency, std::size_t size_hint) {
-    if (!loader) throw InvalidArgument(messages_.empty_loader(key));
+    if (!loader) GPUSAFE_THROW(InvalidArgument(messages_.empty_loader(key)));
     auto entry = std::make_shared<Entry>(key, std::move(loader), residency, size_hint);
     Exclusive lock(*this);
-    if (!alive_) throw InvalidArgument(messages_.destroyed("add"));
-    if (map_.count(key) != 0) throw DuplicateKey(messages_.duplicate_key(key));
+    if (!alive_) GPUSAFE_THROW(InvalidArgument(messages_.destroyed("add")));
+    if (map_.count(key) != 0) GPUSAFE_THROW(DuplicateKey(messages_.duplicate_key(key)));
     map_.emplace(key, std::move(entry));
   }
 
@@ -109,7 +109,7 @@ class CacheTable {
     {
       Exclusive lock(*this);
       auto it = map_.find(key);
-      if (it == map_.end()) throw UnknownKey(messages_.unknown_key("remove", key));
+      if (it == map_.end()) GPUSAFE_THROW(UnknownKey(messages_.unknown_key("remove", key)));
       g.reserve(1);
       g.set_callback(callback_);
       g.keep(it->second);
@@ -157,7 +157,7 @@ class CacheTable {
     std::vector<std::shared_ptr<Entry>> entries;
     std::vector<Handle> models;
     std::shared_ptr<const EvictCallback> cb;
-    try {
+    GPUSAFE_TRY {
       Exclusive lock(*this);
       alive_ = false;
       entries.reserve(map_.size());
@@ -170,7 +170,8 @@ class CacheTable {
       }
       map_.clear();
       cb = std::move(callback_);
-    } catch (...) {
+    }
+    GPUSAFE_CATCH_ALL {
       log(LogLevel::error, "ModelCache: out of memory while closing; models are leaked");
     }
   }
@@ -237,7 +238,7 @@ class CacheTable {
 
   Entry& find_or_throw(const Key& key, const char* op) {
     auto it = map_.find(key);
-    if (it == map_.end()) throw UnknownKey(messages_.unknown_key(op, key));
+    if (it == map_.end()) GPUSAFE_THROW(UnknownKey(messages_.unknown_key(op, key)));
     return *it->second;
   }
 

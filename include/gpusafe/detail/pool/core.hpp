@@ -194,14 +194,14 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   ResourceUsage usage() const noexcept override {
     ResourceUsage u;
     u.device = gpu_ ? options_.device : -1;
-    try {
+    GPUSAFE_TRY {
       const BufferPoolStats st = stats();
       u.bytes_reserved = st.totals.bytes_reserved;
       u.bytes_in_use = st.overflow_bytes_live;
       for (const auto& cs : st.classes) u.bytes_in_use += cs.in_use * cs.bytes;
       u.items = st.totals.in_use + st.overflow_live;
-    } catch (...) {
     }
+    GPUSAFE_CATCH_ALL {}
     return u;
   }
 
@@ -286,11 +286,8 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   /// or the thread is ending).
   ThreadCache* make_thread_cache() noexcept {
     ThreadCache* tc = nullptr;
-    try {
-      tc = new ThreadCache(this, nclasses_);
-    } catch (...) {
-      return nullptr;
-    }
+    GPUSAFE_TRY { tc = new ThreadCache(this, nclasses_); }
+    GPUSAFE_CATCH_ALL { return nullptr; }
     for (std::size_t i = 0; i < nclasses_; ++i)
       tc->magazine(i).capacity = classes_[i].cache_capacity;
     hold();
@@ -535,12 +532,11 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
     PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
     std::uint64_t track_id = 0;
     if (GPUSAFE_UNLIKELY(options_.track_leases)) {
-      try {
-        track_id = tracker_.track(options_.name, bytes, c.bytes, tag, false);
-      } catch (...) {
+      GPUSAFE_TRY { track_id = tracker_.track(options_.name, bytes, c.bytes, tag, false); }
+      GPUSAFE_CATCH_ALL {
         s.bitmap.give(r.slot);
         notify_waiters(c);
-        throw;
+        GPUSAFE_RETHROW;
       }
     }
     if (GPUSAFE_LIKELY(m != nullptr)) {

@@ -11,60 +11,12 @@
 GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
 
-/// Why Runtime has no usable GPU, for the pool's messages: the CUDA probe's answer
-/// (cuda_status()) on CUDA, what a device count answers on other runtimes. `*code` gets the
-/// runtime status behind it (0 when none is known).
-template <class Runtime>
-std::string pool_no_gpu_cause(int* code) {
-  *code = 0;
-#if GPUSAFE_WITH_CUDA
-  if constexpr (std::is_same_v<Runtime, CudaRuntime>) {
-    const CudaStatus st = cuda_status();
-    if (st == CudaStatus::no_driver) *code = codes::insufficient_driver;
-    if (st == CudaStatus::no_device) *code = codes::no_device;
-    return to_string(st);
-  }
-#endif
-  if constexpr (std::is_same_v<Runtime, HostRuntime>) {
-#if GPUSAFE_WITH_CUDA
-    return "the host runtime serves host memory only; use the CUDA runtime for GPU memory";
-#else
-    return to_string(CudaStatus::not_compiled);
-#endif
-  }
-  int count = 0;
-  const Status s = RuntimeCalls<Runtime>::device_count(count);
-  *code = s.code;
-  if (s.ok()) return count > 0 ? "the device is not usable" : "no device visible";
-  switch (s.code) {
-    case codes::no_device:
-      return std::string(to_string(CudaStatus::no_device)) + ": " + s.describe();
-    case codes::insufficient_driver:
-    case codes::stub_library:
-      return std::string(to_string(CudaStatus::no_driver)) + ": " + s.describe();
-    default:
-      return s.describe();
-  }
-}
-
 template <class Runtime>
 PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options)) {
   validate();
   fell_back_ = false;
-  try {
-    kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
-                                         this->pool_label());
-  } catch (const NoGpu&) {
-    // Fallback::error without a GPU: say why there is none.
-    int code = 0;
-    const std::string cause = pool_no_gpu_cause<Runtime>(&code);
-    throw NoGpu(this->pool_label() + ": " + to_string(options_.kind) +
-                    " memory was asked for with Fallback::error, but the " +
-                    RuntimeCalls<Runtime>::name() + " runtime has no usable GPU (" + cause +
-                    "); fix that (check the driver and CUDA_VISIBLE_DEVICES) or use "
-                    "Fallback::host to run on the CPU",
-                code);
-  }
+  kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
+                                       this->pool_label());
   gpu_ = kind_ != MemoryKind::host;
   if (gpu_) {
     check_gpu_request(options_.device, this->pool_label());
@@ -75,7 +27,7 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
       int code = 0;
       return this->pool_label() + ": " + to_string(options_.kind) +
              " memory was asked for but the " + RuntimeCalls<Runtime>::name() +
-             " runtime has no usable GPU (" + pool_no_gpu_cause<Runtime>(&code) +
+             " runtime has no usable GPU (" + no_gpu_cause<Runtime>(&code) +
              "); buffers are served from host memory (use Fallback::error to refuse)";
     });
   nclasses_ = options_.classes.size();
@@ -91,7 +43,7 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
   }
   max_class_bytes_ = classes_[nclasses_ - 1].bytes;
   // One slab per class now; on any failure free what was made (strong guarantee).
-  try {
+  GPUSAFE_TRY {
     for (std::size_t i = 0; i < nclasses_; ++i) {
       PoolClass& c = classes_[i];
       std::unique_ptr<PoolSlab> slab = this->make_slab_metadata(c.count);
@@ -99,9 +51,10 @@ PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options
       this->allocate_slab(c, *slab);
       this->publish(c, 0, std::move(slab));
     }
-  } catch (...) {
+  }
+  GPUSAFE_CATCH_ALL {
     this->free_all_slabs();
-    throw;
+    GPUSAFE_RETHROW;
   }
   enrol_fork_aware(this);  // a forked child rebuilds the core's locks (rule 5)
 }
@@ -110,29 +63,30 @@ template <class Runtime>
 void PoolCore<Runtime>::check_device_exists() const {
   int count = 0;
   if (!RuntimeCalls<Runtime>::device_count(count).ok() || options_.device < count) return;
-  throw InvalidArgument(this->pool_label() + ": device " + std::to_string(options_.device) +
-                        " does not exist; this machine has " + std::to_string(count) +
-                        " GPU(s), so valid indices are 0.." + std::to_string(count - 1) +
-                        "; set BufferPoolOptions::device to one of them");
+  GPUSAFE_THROW(InvalidArgument(this->pool_label() + ": device " + std::to_string(options_.device) +
+                                " does not exist; this machine has " + std::to_string(count) +
+                                " GPU(s), so valid indices are 0.." + std::to_string(count - 1) +
+                                "; set BufferPoolOptions::device to one of them"));
 }
 
 template <class Runtime>
 void PoolCore<Runtime>::validate() const {
   const std::string who = this->pool_label();
   if (options_.device < 0 && options_.kind != MemoryKind::host)
-    throw InvalidArgument(who + ": device " + std::to_string(options_.device) +
-                          " is negative; set BufferPoolOptions::device to a GPU index (0 is the "
-                          "first GPU; without a GPU the pool falls back to host memory)");
+    GPUSAFE_THROW(
+        InvalidArgument(who + ": device " + std::to_string(options_.device) +
+                        " is negative; set BufferPoolOptions::device to a GPU index (0 is the "
+                        "first GPU; without a GPU the pool falls back to host memory)"));
   const std::size_t a = options_.alignment;
   if (a == 0 || (a & (a - 1)) != 0)
-    throw InvalidArgument(who + ": alignment " + std::to_string(a) +
-                          " is not a power of two; use 256 (the default) or another power of two");
+    GPUSAFE_THROW(
+        InvalidArgument(who + ": alignment " + std::to_string(a) +
+                        " is not a power of two; use 256 (the default) or another power of two"));
   if (options_.classes.empty())
-    throw InvalidArgument(who +
-                          ": no size classes; give at least one {bytes, count}, e.g. "
-                          "{{1 << 20, 8}}");
+    GPUSAFE_THROW(InvalidArgument(who + ": no size classes; give at least one {bytes, count}, e.g. "
+                                        "{{1 << 20, 8}}"));
   if (options_.classes.size() > std::numeric_limits<std::uint32_t>::max() / 2)
-    throw InvalidArgument(who + ": too many size classes");
+    GPUSAFE_THROW(InvalidArgument(who + ": too many size classes"));
   std::size_t first_slabs = 0;
   bool first_slabs_overflow = false;
   for (std::size_t i = 0; i < options_.classes.size(); ++i) {
@@ -140,35 +94,39 @@ void PoolCore<Runtime>::validate() const {
     const std::string which = who + ": size class #" + std::to_string(i) + " {" +
                               std::to_string(sc.bytes) + " bytes, " + std::to_string(sc.count) +
                               " buffers}";
-    if (sc.bytes == 0) throw InvalidArgument(which + ": zero bytes; give each class a size > 0");
+    if (sc.bytes == 0)
+      GPUSAFE_THROW(InvalidArgument(which + ": zero bytes; give each class a size > 0"));
     if (sc.count == 0)
-      throw InvalidArgument(which + ": count is zero; give each class at least one buffer");
+      GPUSAFE_THROW(
+          InvalidArgument(which + ": count is zero; give each class at least one buffer"));
     if (sc.count > (std::size_t{1} << 31))
-      throw InvalidArgument(which + ": count too large; at most 2^31 buffers per class");
+      GPUSAFE_THROW(InvalidArgument(which + ": count too large; at most 2^31 buffers per class"));
     if (i > 0 && sc.bytes <= options_.classes[i - 1].bytes)
-      throw InvalidArgument(
+      GPUSAFE_THROW(InvalidArgument(
           which + ": classes must be strictly ascending by bytes (" +
           (sc.bytes == options_.classes[i - 1].bytes ? "duplicate size" : "unsorted") +
-          "); sort them and merge duplicates");
+          "); sort them and merge duplicates"));
     if (sc.bytes > std::numeric_limits<std::size_t>::max() - a)
-      throw InvalidArgument(which + ": size overflows when rounded up to the alignment");
+      GPUSAFE_THROW(InvalidArgument(which + ": size overflows when rounded up to the alignment"));
     const std::size_t stride = Slabs::round_up(sc.bytes, a);
     if (stride > (std::numeric_limits<std::size_t>::max() - a) / sc.count)
-      throw InvalidArgument(which + ": bytes * count overflows size_t; ask for less");
+      GPUSAFE_THROW(InvalidArgument(which + ": bytes * count overflows size_t; ask for less"));
     const std::size_t slab = stride * sc.count;
     if (first_slabs > std::numeric_limits<std::size_t>::max() - slab) first_slabs_overflow = true;
     first_slabs += slab;
   }
   if (options_.overflow == OverflowPolicy::grow && options_.max_bytes == 0)
-    throw InvalidArgument(who +
-                          ": OverflowPolicy::grow with max_bytes 0; growth needs a cap: set "
-                          "BufferPoolOptions::max_bytes to the most slab bytes the pool may hold");
+    GPUSAFE_THROW(
+        InvalidArgument(who +
+                        ": OverflowPolicy::grow with max_bytes 0; growth needs a cap: set "
+                        "BufferPoolOptions::max_bytes to the most slab bytes the pool may hold"));
   if (options_.max_bytes != 0 && (first_slabs_overflow || options_.max_bytes < first_slabs))
-    throw InvalidArgument(who + ": max_bytes " + std::to_string(options_.max_bytes) +
-                          " is smaller than the first slab of every class (" +
-                          (first_slabs_overflow ? std::string("more than size_t holds")
-                                                : std::to_string(first_slabs)) +
-                          " bytes); raise max_bytes to at least that, or lower the class counts");
+    GPUSAFE_THROW(
+        InvalidArgument(who + ": max_bytes " + std::to_string(options_.max_bytes) +
+                        " is smaller than the first slab of every class (" +
+                        (first_slabs_overflow ? std::string("more than size_t holds")
+                                              : std::to_string(first_slabs)) +
+                        " bytes); raise max_bytes to at least that, or lower the class counts"));
 }
 
 /// Under the class mutex: makes the class usable (retires stale slabs, re-allocates a trimmed
@@ -197,7 +155,7 @@ BufferLease PoolCore<Runtime>::acquire_slow(PoolClass& c, std::uint32_t ci, std:
   }
   if (mode == Mode::throwing) {
     c.failures.fetch_add(1, std::memory_order_relaxed);
-    throw PoolExhausted(exhausted_message(c, bytes));
+    GPUSAFE_THROW(PoolExhausted(exhausted_message(c, bytes)));
   }
   // Waiting: only while the class is empty; releases notify when waiters != 0 (and bypass the
   // thread caches meanwhile).
@@ -226,7 +184,7 @@ BufferLease PoolCore<Runtime>::acquire_slow(PoolClass& c, std::uint32_t ci, std:
     if (gpu_) check_admission(bytes);
   }
   c.failures.fetch_add(1, std::memory_order_relaxed);
-  throw Timeout(exhausted_message(c, bytes) + " (acquire_for timed out)");
+  GPUSAFE_THROW(Timeout(exhausted_message(c, bytes) + " (acquire_for timed out)"));
 }
 
 template <class Runtime>
@@ -257,14 +215,14 @@ template <class Runtime>
 BufferLease PoolCore<Runtime>::acquire_unusual(std::size_t bytes, LeaseTag tag) {
   const std::string what =
       "acquire(" + std::to_string(bytes) + " bytes) from pool '" + options_.name + "'";
-  if (bytes == 0) throw InvalidArgument(what + ": zero bytes; ask for at least 1 byte");
+  if (bytes == 0) GPUSAFE_THROW(InvalidArgument(what + ": zero bytes; ask for at least 1 byte"));
   if (bytes > std::numeric_limits<std::size_t>::max() / 2)
-    throw InvalidArgument(what +
-                          ": the size is absurd (it overflows when rounded to the "
-                          "alignment); check the size computation");
+    GPUSAFE_THROW(InvalidArgument(what + ": the size is absurd (it overflows when rounded to the "
+                                         "alignment); check the size computation"));
   if (options_.overflow != OverflowPolicy::allocate)
-    throw InvalidArgument(what + ": larger than the largest size class (" +
-                          std::to_string(max_class_bytes_) + "); add a class or enable overflow");
+    GPUSAFE_THROW(InvalidArgument(what + ": larger than the largest size class (" +
+                                  std::to_string(max_class_bytes_) +
+                                  "); add a class or enable overflow"));
   if (gpu_) check_admission(bytes);
   return allocate_overflow(nullptr, 0, bytes, tag);
 }
@@ -291,11 +249,10 @@ BufferLease PoolCore<Runtime>::allocate_overflow(PoolClass* c, std::uint32_t ci,
   st.cls = c ? ci : std::numeric_limits<std::uint32_t>::max();
   st.epoch = gpu_ ? device_epoch(options_.device) : 0;
   if (options_.track_leases) {
-    try {
-      st.track_id = tracker_.track(options_.name, bytes, c ? c->bytes : 0, tag, true);
-    } catch (...) {
+    GPUSAFE_TRY { st.track_id = tracker_.track(options_.name, bytes, c ? c->bytes : 0, tag, true); }
+    GPUSAFE_CATCH_ALL {
       (void)this->raw_deallocate(p);
-      throw;
+      GPUSAFE_RETHROW;
     }
   }
   if (c) {
@@ -418,13 +375,13 @@ void PoolCore<Runtime>::add_to_totals(SizeClassStats& t, const SizeClassStats& c
 
 template <class Runtime>
 void PoolCore<Runtime>::log_outstanding_once() noexcept {
-  try {
+  GPUSAFE_TRY {
     const BufferPoolStats st = stats();
     if (st.totals.in_use + st.overflow_live == 0) return;
     if (!report_logged_.first()) return;
     log(LogLevel::warning, "at shutdown: " + leak_report());
-  } catch (...) {
   }
+  GPUSAFE_CATCH_ALL {}
 }
 
 }  // namespace detail

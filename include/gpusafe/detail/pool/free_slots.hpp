@@ -383,12 +383,11 @@ inline bool insert_thread_cache(ThreadCache* cache) noexcept {
   ThreadCacheTable& t = thread_cache_table();
   if (t.dead) return false;
   if (!t.armed) {
-    try {
+    GPUSAFE_TRY {
       static thread_local ThreadCacheReaper reaper;  // registers the thread-exit flush
       (void)&reaper;
-    } catch (...) {
-      return false;
     }
+    GPUSAFE_CATCH_ALL { return false; }
     t.armed = true;
   }
   for (std::uint32_t i = t.size; i-- > 0;)

@@ -56,12 +56,11 @@ inline AbandonedEvents& abandoned_events() noexcept {
 inline void abandon_events(std::unique_ptr<EventHandle[]>& events) noexcept {
   if (!events) return;
   auto& a = abandoned_events();
-  try {
+  GPUSAFE_TRY {
     std::lock_guard<std::mutex> lock(a.mutex);
     a.arrays.push_back(std::move(events));
-  } catch (...) {
-    (void)events.release();
   }
+  GPUSAFE_CATCH_ALL { (void)events.release(); }
 }
 
 /// Makes the pool's device current for the scope and restores the caller's device (rule 7); no
@@ -148,7 +147,7 @@ class PoolSlabs {
   void admit_or_throw(const BasicRuntimeCallGate<Runtime>& gate, const std::string& what) const {
     if (gate) return;
     check_gpu_request(options_.device, what);
-    throw ShuttingDown(what + ": the process is exiting; no runtime call can be made");
+    GPUSAFE_THROW(ShuttingDown(what + ": the process is exiting; no runtime call can be made"));
   }
 
   std::unique_ptr<PoolSlab> make_slab_metadata(std::size_t count) const {
@@ -178,17 +177,18 @@ class PoolSlabs {
     std::unique_ptr<EventHandle[]> events;
     if (wants_events()) {
       std::size_t made = 0;
-      try {
+      GPUSAFE_TRY {
         events.reset(new EventHandle[count]());
         for (; made < count; ++made) {
           const Status es = RuntimeCalls<Runtime>::event_create(events[made]);
           if (!es.ok()) throw_status(es, what + ": creating the per-buffer stream events");
         }
-      } catch (...) {
+      }
+      GPUSAFE_CATCH_ALL {
         for (std::size_t k = 0; k < made; ++k)
           (void)RuntimeCalls<Runtime>::event_destroy(events[k]);
         (void)raw_deallocate(raw);
-        throw;
+        GPUSAFE_RETHROW;
       }
     }
     const std::uintptr_t a = options_.alignment;
