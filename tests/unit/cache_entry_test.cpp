@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "../support/cache_fixture.hpp"
 #include "gpusafe/detail/cache/entry.hpp"
 
 namespace gs = gpusafe;
@@ -11,19 +12,10 @@ namespace gd = gpusafe::detail;
 
 namespace {
 
-struct Model {
-  explicit Model(bool* destroyed) : destroyed_flag(destroyed) {}
-  ~Model() { *destroyed_flag = true; }
-  bool* destroyed_flag;
-};
-
-using Entry = gd::CacheEntry<int, Model>;
+using gpusafe_test::cache::Entry;
+using gpusafe_test::cache::make_entry;
+using gpusafe_test::cache::Model;
 using Load = Entry::LoadOp;
-
-Entry make_entry(gs::Residency residency = gs::Residency::secondary) {
-  return Entry(
-      1, [] { return gs::Loaded<Model>{}; }, residency, 0);
-}
 
 TEST(CacheEntry, ALoadHasNoResultUntilItHasOne) {
   auto load = std::make_shared<Load>();
@@ -51,13 +43,13 @@ TEST(CacheEntry, ACachedResultAliasesTheLoadWhichOwnsTheModel) {
 
 TEST(CacheEntry, EvictableOnlyWhenResidentSecondaryAndNotPinned) {
   bool destroyed = false;
-  Entry e = make_entry();
+  Entry e = make_entry(1);
   EXPECT_FALSE(e.evictable());
   e.cached = std::make_shared<Model>(&destroyed);
   EXPECT_TRUE(e.evictable());
   e.pinned = true;
   EXPECT_FALSE(e.evictable());
-  Entry primary = make_entry(gs::Residency::primary);
+  Entry primary = make_entry(1, gs::Residency::primary);
   primary.cached = e.cached;
   EXPECT_FALSE(primary.evictable());
 }
@@ -65,7 +57,7 @@ TEST(CacheEntry, EvictableOnlyWhenResidentSecondaryAndNotPinned) {
 TEST(CacheEntry, ARetiredModelStaysChargedUntilItsLastHandleDrops) {
   auto acct = std::make_shared<gd::ModelCacheAccounting>();
   bool destroyed = false;
-  Entry e = make_entry();
+  Entry e = make_entry(1);
   {
     auto load = std::make_shared<Load>();
     load->original = std::make_shared<Model>(&destroyed);

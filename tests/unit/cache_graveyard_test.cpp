@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "../support/cache_fixture.hpp"
 #include "gpusafe/detail/cache/entry.hpp"
 #include "gpusafe/detail/cache/graveyard.hpp"
 #include "gpusafe/log.hpp"
@@ -18,22 +19,16 @@ namespace gd = gpusafe::detail;
 
 namespace {
 
-struct Model {
-  explicit Model(bool* destroyed) : destroyed_flag(destroyed) {}
-  ~Model() { *destroyed_flag = true; }
-  bool* destroyed_flag;
-};
-
-using Entry = gd::CacheEntry<int, Model>;
+using gpusafe_test::cache::Entry;
+using gpusafe_test::cache::Model;
 using Grave = gd::Graveyard<Entry>;
 
 struct Fixture : ::testing::Test {
   gd::CacheMessages messages{"graves"};
   gd::CallbackFailureLog failures{messages};
 
-  std::shared_ptr<Entry> entry(int key) {
-    return std::make_shared<Entry>(
-        key, [] { return gs::Loaded<Model>{}; }, gs::Residency::secondary, 0);
+  static std::shared_ptr<Entry> entry(int key) {
+    return gpusafe_test::cache::make_shared_entry(key);
   }
   static std::shared_ptr<const Grave::Callback> callback(Grave::Callback f) {
     return std::make_shared<const Grave::Callback>(std::move(f));

@@ -5,13 +5,9 @@
 #   cmake -DPKG_CONFIG=... -DPKG_CONFIG_DIR=<prefix>/share/pkgconfig -DMODULE=gpusafe|gpusafe-cuda
 #         -DPREFIX=... -DWORK_DIR=... -DCXX=... -DMAIN=.../main.cpp -P run.cmake
 cmake_minimum_required(VERSION 3.25)
-foreach(_var PKG_CONFIG PKG_CONFIG_DIR MODULE PREFIX WORK_DIR CXX MAIN)
-  if(NOT DEFINED ${_var})
-    message(FATAL_ERROR "run.cmake: -D${_var}=... is required")
-  endif()
-endforeach()
-file(REMOVE_RECURSE "${WORK_DIR}")
-file(MAKE_DIRECTORY "${WORK_DIR}")
+include(${CMAKE_CURRENT_LIST_DIR}/../run_consumer.cmake)
+gpusafe_consumer_require(PKG_CONFIG PKG_CONFIG_DIR MODULE PREFIX WORK_DIR CXX MAIN)
+gpusafe_consumer_fresh_work_dir()
 
 # Only the installed prefix: no other gpusafe.pc may answer.
 set(ENV{PKG_CONFIG_PATH} "${PKG_CONFIG_DIR}")
@@ -59,7 +55,4 @@ else()
   list(APPEND _cmd -DGPUSAFE_WITH_CUDA=0 -DGPUSAFE_EXPECT_CUDA=0)
 endif()
 list(APPEND _cmd ${_flags} -o "${_exe}")
-string(REPLACE ";" " " _shown "${_cmd}")
-message(STATUS "${_shown}")
-execute_process(COMMAND ${_cmd} WORKING_DIRECTORY "${WORK_DIR}" COMMAND_ERROR_IS_FATAL ANY)
-execute_process(COMMAND "${_exe}" WORKING_DIRECTORY "${WORK_DIR}" COMMAND_ERROR_IS_FATAL ANY)
+gpusafe_consumer_compile_and_run("${_exe}" ${_cmd})

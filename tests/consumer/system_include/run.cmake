@@ -4,23 +4,16 @@
 #
 #   cmake -DGPUSAFE_SOURCE_DIR=... -DWORK_DIR=... -DCXX=... [-DGENERATOR=...] -P run.cmake
 cmake_minimum_required(VERSION 3.25)
-foreach(_var GPUSAFE_SOURCE_DIR WORK_DIR CXX)
-  if(NOT DEFINED ${_var})
-    message(FATAL_ERROR "run.cmake: -D${_var}=... is required")
-  endif()
-endforeach()
-file(REMOVE_RECURSE "${WORK_DIR}")
+include(${CMAKE_CURRENT_LIST_DIR}/../run_consumer.cmake)
+gpusafe_consumer_require(GPUSAFE_SOURCE_DIR WORK_DIR CXX)
+gpusafe_consumer_fresh_work_dir()
 set(_include "${GPUSAFE_SOURCE_DIR}/include")
 
 foreach(_value ON OFF)
   set(_bin "${WORK_DIR}/${_value}")
-  set(_cmd "${CMAKE_COMMAND}" -S "${CMAKE_CURRENT_LIST_DIR}" -B "${_bin}"
-      "-DGPUSAFE_SOURCE_DIR=${GPUSAFE_SOURCE_DIR}" "-DGPUSAFE_SYSTEM_INCLUDE=${_value}"
-      "-DCMAKE_CXX_COMPILER=${CXX}" -DGPUSAFE_WITH_CUDA=OFF -DGPUSAFE_WITH_TORCH=OFF)
-  if(GENERATOR)
-    list(APPEND _cmd -G "${GENERATOR}")
-  endif()
-  execute_process(COMMAND ${_cmd} COMMAND_ERROR_IS_FATAL ANY OUTPUT_QUIET)
+  gpusafe_consumer_configure("${CMAKE_CURRENT_LIST_DIR}" "${_bin}"
+    "-DGPUSAFE_SOURCE_DIR=${GPUSAFE_SOURCE_DIR}" "-DGPUSAFE_SYSTEM_INCLUDE=${_value}"
+    -DGPUSAFE_WITH_CUDA=OFF -DGPUSAFE_WITH_TORCH=OFF)
   file(READ "${_bin}/compile_commands.json" _commands)
   string(FIND "${_commands}" "-isystem ${_include}" _system)
   string(FIND "${_commands}" "-I${_include}" _plain)
@@ -29,7 +22,7 @@ foreach(_value ON OFF)
       message(FATAL_ERROR "GPUSAFE_SYSTEM_INCLUDE=ON: expected -isystem ${_include}:\n${_commands}")
     endif()
     # A consumer's strict warnings (-Wpadded -Werror) do not reach gpusafe's headers.
-    execute_process(COMMAND "${CMAKE_COMMAND}" --build "${_bin}" COMMAND_ERROR_IS_FATAL ANY)
+    gpusafe_consumer_build("${_bin}")
   else()
     if(NOT _system LESS 0 OR _plain LESS 0)
       message(FATAL_ERROR "GPUSAFE_SYSTEM_INCLUDE=OFF: expected -I${_include}:\n${_commands}")
