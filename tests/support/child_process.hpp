@@ -31,11 +31,15 @@ int run_in_child(Fn&& fn, std::chrono::milliseconds limit = std::chrono::seconds
   if (pid < 0) return -1;
   if (pid == 0) {
     int rc = kChildThrew;
+#if defined(__cpp_exceptions)
     try {
       rc = fn();
     } catch (...) {
       std::fprintf(stderr, "child process: an exception escaped the test body\n");
     }
+#else
+    rc = fn();
+#endif
     std::fflush(nullptr);
     std::_Exit(rc);
   }
