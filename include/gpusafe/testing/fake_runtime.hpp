@@ -19,7 +19,8 @@
 //
 // Like cudart, it only reports what happened: a sticky code is returned, and recording it against
 // the device is left to the library's calls (detail::RuntimeCalls), as for any Runtime. The
-// simulated state lives in gpusafe/testing/fake_state.hpp.
+// simulated state, and the allocation and handle tables' bookkeeping, live in
+// gpusafe/testing/fake_state.hpp.
 //
 // Thread safety: all members may be called from any thread. Teardown: its state is leaked on
 // purpose and stays valid; in a forked child its lock is re-created and calls fail with 3, as
@@ -252,11 +253,12 @@ class FakeRuntime {
 
   static Status allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
     *out = nullptr;
-    return finish(FakeOp::allocate, [&] { return do_allocate(kind, device, bytes, out); });
+    return finish(FakeOp::allocate,
+                  [&] { return detail_fake::do_allocate(kind, device, bytes, out); });
   }
 
   static Status deallocate(MemoryKind kind, int, void* p) noexcept {
-    return finish(FakeOp::deallocate, [&] { return do_deallocate(kind, p); });
+    return finish(FakeOp::deallocate, [&] { return detail_fake::do_deallocate(kind, p); });
   }
 
   static Status memory_info(int device, std::size_t& free_bytes,
@@ -347,10 +349,10 @@ class FakeRuntime {
   /// stream handle is a simulated stream (usable with event_record); others are opaque.
   static Status handle_create(int kind, void** out) noexcept {
     *out = nullptr;
-    return finish(FakeOp::handle_create, [&] { return do_handle_create(kind, out); });
+    return finish(FakeOp::handle_create, [&] { return detail_fake::do_handle_create(kind, out); });
   }
   static Status handle_destroy(void* handle) noexcept {
-    return finish(FakeOp::handle_destroy, [&] { return do_handle_release(handle); });
+    return finish(FakeOp::handle_destroy, [&] { return detail_fake::do_handle_release(handle); });
   }
   /// Starts a communicator's finalisation; it is in progress (not_ready) until handle_query says
   /// otherwise.
@@ -379,7 +381,7 @@ class FakeRuntime {
   }
   /// Aborts a communicator (frees it whatever state it is in).
   static Status handle_abort(void* handle) noexcept {
-    return finish(FakeOp::handle_abort, [&] { return do_handle_release(handle); });
+    return finish(FakeOp::handle_abort, [&] { return detail_fake::do_handle_release(handle); });
   }
 
  private:
@@ -401,103 +403,6 @@ class FakeRuntime {
     int code = detail_fake::enter(op);
     if (code == 0) code = body();
     return {code};
-  }
-
-  static int do_handle_create(int kind, void** out) noexcept {
-    State& st = state();
-    auto* h = new (std::nothrow) detail_fake::Handle();
-    if (!h) return codes::memory_allocation;
-    h->kind = kind;
-    h->device = detail_fake::current_device;
-    h->object = h;
-    if (kind == detail_fake::kStreamHandleKind) {
-      auto* stream = new (std::nothrow) detail_fake::Stream();
-      if (!stream) {
-        delete h;
-        return codes::memory_allocation;
-      }
-      stream->device = h->device;
-      h->object = stream;
-    }
-    std::lock_guard<std::mutex> lock(st.mutex);
-    GPUSAFE_TRY { st.handles.emplace(h->object, h); }
-    GPUSAFE_CATCH_ALL {
-      if (h->object != h) delete static_cast<detail_fake::Stream*>(h->object);
-      delete h;
-      return codes::memory_allocation;
-    }
-    *out = h->object;
-    return codes::success;
-  }
-
-  static int do_handle_release(void* handle) noexcept {
-    State& st = state();
-    detail_fake::Handle* h = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(st.mutex);
-      const auto it = st.handles.find(handle);
-      if (it == st.handles.end()) {
-        st.invalid_handle_destroys.fetch_add(1);
-        return codes::invalid_resource_handle;
-      }
-      h = it->second;
-      st.handles.erase(it);
-    }
-    if (h->object != h) delete static_cast<detail_fake::Stream*>(h->object);
-    delete h;
-    return codes::success;
-  }
-
-  static int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
-    State& st = state();
-    const bool on_device = kind == MemoryKind::device;
-    std::lock_guard<std::mutex> lock(st.mutex);
-    if (on_device) {
-      const detail_fake::Device* d = detail_fake::device_locked(st, device);
-      if (!d) return codes::invalid_device;
-      if (bytes > d->capacity - d->used) return codes::memory_allocation;
-    }
-    const bool mapped = on_device && st.protect_device.load();
-    void* p = mapped ? map_inaccessible(bytes) : gpusafe::detail::host_allocate(bytes);
-    if (!p) return codes::memory_allocation;
-    GPUSAFE_TRY { st.allocations.emplace(p, detail_fake::Allocation{bytes, device, kind, mapped}); }
-    GPUSAFE_CATCH_ALL {
-      release_memory(p, bytes, mapped);
-      return codes::memory_allocation;
-    }
-    if (on_device) st.devices[static_cast<std::size_t>(device)].used += bytes;
-    *out = p;
-    return codes::success;
-  }
-
-  static void* map_inaccessible(std::size_t bytes) noexcept {
-    void* p = ::mmap(nullptr, detail_fake::page_rounded(bytes), PROT_NONE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? nullptr : p;
-  }
-
-  static void release_memory(void* p, std::size_t bytes, bool mapped) noexcept {
-    if (mapped) {
-      ::munmap(p, detail_fake::page_rounded(bytes));
-    } else {
-      gpusafe::detail::host_free(p);
-    }
-  }
-
-  static int do_deallocate(MemoryKind kind, void* p) noexcept {
-    if (!p) return codes::success;
-    State& st = state();
-    std::lock_guard<std::mutex> lock(st.mutex);
-    const auto it = st.allocations.find(p);
-    if (it == st.allocations.end() || it->second.kind != kind) {
-      st.invalid_frees.fetch_add(1);
-      return codes::invalid_value;
-    }
-    if (kind == MemoryKind::device && it->second.device < static_cast<int>(st.devices.size()))
-      st.devices[static_cast<std::size_t>(it->second.device)].used -= it->second.bytes;
-    release_memory(p, it->second.bytes, it->second.mapped);
-    st.allocations.erase(it);
-    return codes::success;
   }
 };
 

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // gpusafe/testing/fake_state.hpp: the simulated state behind testing::FakeRuntime: its failure
 // modes and operations (FakeMode, FakeOp), the simulated devices, allocations, streams, events and
-// handles, and the prologue every simulated call runs (counting, teardown, modes, faults).
-// Include gpusafe/testing/fake_runtime.hpp rather than this header.
+// handles, the prologue every simulated call runs (counting, teardown, modes, faults), and the
+// bodies of the calls that change the allocation and handle tables (allocate, deallocate, handle
+// create/destroy/abort). Include gpusafe/testing/fake_runtime.hpp rather than this header.
 //
 // Thread safety: the state is guarded by its mutex and atomics; the current device is per thread,
 // as in CUDA. Teardown: the state is leaked on purpose and stays valid; the simulated runtime's
@@ -249,6 +250,105 @@ inline bool valid_device(int device) noexcept {
 inline Device* device_locked(State& st, int device) noexcept {
   if (device < 0 || static_cast<std::size_t>(device) >= st.devices.size()) return nullptr;
   return &st.devices[static_cast<std::size_t>(device)];
+}
+
+// ---- the bodies of the calls that change the allocation and handle tables ------------------
+// (after enter(): FakeRuntime::allocate, deallocate, handle_create, handle_destroy, handle_abort)
+
+inline void* map_inaccessible(std::size_t bytes) noexcept {
+  void* p = ::mmap(nullptr, page_rounded(bytes), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+inline void release_memory(void* p, std::size_t bytes, bool mapped) noexcept {
+  if (mapped) {
+    ::munmap(p, page_rounded(bytes));
+  } else {
+    gpusafe::detail::host_free(p);
+  }
+}
+
+inline int do_handle_create(int kind, void** out) noexcept {
+  State& st = state();
+  auto* h = new (std::nothrow) Handle();
+  if (!h) return codes::memory_allocation;
+  h->kind = kind;
+  h->device = current_device;
+  h->object = h;
+  if (kind == kStreamHandleKind) {
+    auto* stream = new (std::nothrow) Stream();
+    if (!stream) {
+      delete h;
+      return codes::memory_allocation;
+    }
+    stream->device = h->device;
+    h->object = stream;
+  }
+  std::lock_guard<std::mutex> lock(st.mutex);
+  GPUSAFE_TRY { st.handles.emplace(h->object, h); }
+  GPUSAFE_CATCH_ALL {
+    if (h->object != h) delete static_cast<Stream*>(h->object);
+    delete h;
+    return codes::memory_allocation;
+  }
+  *out = h->object;
+  return codes::success;
+}
+
+inline int do_handle_release(void* handle) noexcept {
+  State& st = state();
+  Handle* h = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const auto it = st.handles.find(handle);
+    if (it == st.handles.end()) {
+      st.invalid_handle_destroys.fetch_add(1);
+      return codes::invalid_resource_handle;
+    }
+    h = it->second;
+    st.handles.erase(it);
+  }
+  if (h->object != h) delete static_cast<Stream*>(h->object);
+  delete h;
+  return codes::success;
+}
+
+inline int do_allocate(MemoryKind kind, int device, std::size_t bytes, void** out) noexcept {
+  State& st = state();
+  const bool on_device = kind == MemoryKind::device;
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (on_device) {
+    const Device* d = device_locked(st, device);
+    if (!d) return codes::invalid_device;
+    if (bytes > d->capacity - d->used) return codes::memory_allocation;
+  }
+  const bool mapped = on_device && st.protect_device.load();
+  void* p = mapped ? map_inaccessible(bytes) : gpusafe::detail::host_allocate(bytes);
+  if (!p) return codes::memory_allocation;
+  GPUSAFE_TRY { st.allocations.emplace(p, Allocation{bytes, device, kind, mapped}); }
+  GPUSAFE_CATCH_ALL {
+    release_memory(p, bytes, mapped);
+    return codes::memory_allocation;
+  }
+  if (on_device) st.devices[static_cast<std::size_t>(device)].used += bytes;
+  *out = p;
+  return codes::success;
+}
+
+inline int do_deallocate(MemoryKind kind, void* p) noexcept {
+  if (!p) return codes::success;
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  const auto it = st.allocations.find(p);
+  if (it == st.allocations.end() || it->second.kind != kind) {
+    st.invalid_frees.fetch_add(1);
+    return codes::invalid_value;
+  }
+  if (kind == MemoryKind::device && it->second.device < static_cast<int>(st.devices.size()))
+    st.devices[static_cast<std::size_t>(it->second.device)].used -= it->second.bytes;
+  release_memory(p, it->second.bytes, it->second.mapped);
+  st.allocations.erase(it);
+  return codes::success;
 }
 
 }  // namespace detail_fake

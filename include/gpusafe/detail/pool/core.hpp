@@ -2,6 +2,8 @@
 // gpusafe/detail/pool/core.hpp: PoolCore<Runtime>, the shared state of a BasicBufferPool: acquire
 // and release (per-thread magazines in front of the slabs' bitmaps), waiting, stream-ordered
 // release, statistics, the lease report, reclaim and fork handling, and the core's lifetime.
+// Its bases: PoolThreadCaches (the thread caches' list, refills and flushes; in
+// gpusafe/detail/pool/thread_caches.hpp) above PoolSlabs (gpusafe/detail/pool/slab.hpp).
 //
 // Lifetime (DESIGN rule 4, without a reference count per lease): `life_` counts the owners as one
 // unit (the pool and its reclaimable handles share it through a shared_ptr whose deleter drops
@@ -38,6 +40,7 @@
 #include "gpusafe/detail/pool/lease_tracker.hpp"
 #include "gpusafe/detail/pool/options.hpp"
 #include "gpusafe/detail/pool/slab.hpp"
+#include "gpusafe/detail/pool/thread_caches.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/runtime.hpp"
@@ -46,8 +49,16 @@ GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
 
 template <class Runtime>
-class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolSlabs<Runtime> {
+class PoolCore final : public PoolCoreBase,
+                       public PoolCacheOwner,
+                       private PoolThreadCaches<Runtime> {
+  using Caches = PoolThreadCaches<Runtime>;
   using Slabs = PoolSlabs<Runtime>;
+  using Caches::flush;
+  using Caches::flush_all;
+  using Caches::leases_out;
+  using Caches::take_cached;
+  using Caches::take_shared;
   using Slabs::classes_;
   using Slabs::fell_back_;
   using Slabs::gpu_;
@@ -152,18 +163,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
   std::vector<OutstandingLease> outstanding() const { return tracker_.outstanding(); }
 
-  std::vector<LeakRecord> leak_records() const override {
-    if (options_.track_leases) return tracker_.leak_records();
-    // Without the tracker the counts and sizes are known, not where or when: one record per
-    // class with leases out, and one for overflow buffers.
-    std::vector<LeakRecord> out;
-    const BufferPoolStats st = stats();
-    for (const auto& c : st.classes)
-      if (c.in_use > 0) out.push_back(untracked_record(c.in_use, c.in_use * c.bytes));
-    if (st.overflow_live > 0)
-      out.push_back(untracked_record(st.overflow_live, st.overflow_bytes_live));
-    return out;
-  }
+  std::vector<LeakRecord> leak_records() const override;
   void note_leaks_reported() noexcept override { (void)report_logged_.first(); }
 
   std::string leak_report() const {
@@ -209,8 +209,8 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
 
   // ---- fork ----------------------------------------------------------------------------------
 
-  void lock_for_fork() noexcept override { caches_mutex_.lock(); }
-  void unlock_after_fork() noexcept override { caches_mutex_.unlock(); }
+  void lock_for_fork() noexcept override { this->lock_caches(); }
+  void unlock_after_fork() noexcept override { this->unlock_caches(); }
   void recreate_locks_in_child() noexcept override {
     for (std::size_t i = 0; i < nclasses_; ++i) {
       PoolClass& c = classes_[i];
@@ -220,20 +220,14 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
       c.waiters.store(0, std::memory_order_relaxed);  // those threads do not exist here
     }
     tracker_.recreate_lock_in_child();
-    new (&caches_mutex_) std::mutex();
-    reclaim_lost_caches();
+    // The lost caches' units are given up; the owners still hold the core.
+    life_.fetch_sub(this->reclaim_lost_caches_in_child(), std::memory_order_seq_cst);
   }
 
   // ---- thread caches -------------------------------------------------------------------------
 
   void retire_thread_cache(ThreadCache* tc) noexcept override {
-    flush_all(*tc);
-    {
-      std::lock_guard<std::mutex> lock(caches_mutex_);
-      fold_counters(*tc);
-      unlink(tc);
-    }
-    delete tc;
+    this->free_thread_cache(tc);
     if (orphaned_.load(std::memory_order_acquire)) (void)trim();
     drop();  // last: may delete this
   }
@@ -250,10 +244,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   ~PoolCore() override {
     withdraw_fork_aware(this);
     this->free_all_slabs();
-    while (ThreadCache* tc = lost_) {
-      lost_ = tc->next;
-      delete tc;
-    }
+    // The caches reclaimed in a forked child are freed by ~PoolThreadCaches.
   }
 
   // ---- lifetime ------------------------------------------------------------------------------
@@ -285,148 +276,15 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   /// This thread's cache of the core, made on first use; null when it cannot be made (no memory,
   /// or the thread is ending).
   ThreadCache* make_thread_cache() noexcept {
-    ThreadCache* tc = nullptr;
-    GPUSAFE_TRY { tc = new ThreadCache(this, nclasses_); }
-    GPUSAFE_CATCH_ALL { return nullptr; }
-    for (std::size_t i = 0; i < nclasses_; ++i)
-      tc->magazine(i).capacity = classes_[i].cache_capacity;
+    ThreadCache* tc = this->new_thread_cache(this);
+    if (tc == nullptr) return nullptr;
     hold();
-    {
-      std::lock_guard<std::mutex> lock(caches_mutex_);
-      link(tc);
-    }
+    this->link_thread_cache(tc);
     if (!insert_thread_cache(tc)) {
       retire_thread_cache(tc);  // the caller still holds the core: this drop cannot delete it
       return nullptr;
     }
     return tc;
-  }
-
-  void link(ThreadCache* tc) noexcept {
-    tc->next = caches_;
-    if (caches_) caches_->prev = tc;
-    caches_ = tc;
-  }
-  void unlink(ThreadCache* tc) noexcept {
-    if (tc->prev) tc->prev->next = tc->next;
-    if (tc->next) tc->next->prev = tc->prev;
-    if (caches_ == tc) caches_ = tc->next;
-    tc->prev = tc->next = nullptr;
-  }
-  void fold_counters(const ThreadCache& tc) noexcept {
-    for (std::size_t i = 0; i < nclasses_; ++i) {
-      classes_[i].acquired.fetch_add(tc.magazine(i).acquires.load(std::memory_order_relaxed),
-                                     std::memory_order_seq_cst);
-      classes_[i].released.fetch_add(tc.magazine(i).releases.load(std::memory_order_relaxed),
-                                     std::memory_order_seq_cst);
-    }
-  }
-
-  /// Exact once no thread cache is left (every count folded): some lease is out.
-  bool leases_out() const noexcept {
-    std::uint64_t acquired = 0, released = 0;
-    for (std::size_t i = 0; i < nclasses_; ++i) {
-      acquired += classes_[i].acquired.load(std::memory_order_seq_cst);
-      released += classes_[i].released.load(std::memory_order_seq_cst);
-    }
-    return acquired != released;
-  }
-
-  /// In a forked child: the caches of the parent's other threads are unreachable; their slots go
-  /// back to the bitmaps, their counts to the totals, their units are given up.
-  void reclaim_lost_caches() noexcept {
-    const pthread_t self = ::pthread_self();
-    for (ThreadCache* tc = caches_; tc;) {
-      ThreadCache* next = tc->next;
-      if (!::pthread_equal(tc->thread(), self)) {
-        flush_all(*tc);
-        fold_counters(*tc);
-        unlink(tc);
-        tc->next = lost_;  // freed with the core: no allocator call in a fork handler
-        lost_ = tc;
-        life_.fetch_sub(1, std::memory_order_seq_cst);  // the owners still hold the core
-      }
-      tc = next;
-    }
-  }
-
-  /// Takes a slot from the thread's magazine, refilling it from the bitmap in a batch.
-  bool take_cached(PoolClass& c, Magazine& m, SlotRef& r) noexcept {
-    while (m.count() != 0) {
-      r = m.pop();
-      if (GPUSAFE_LIKELY(!this->slab_is_stale(*static_cast<PoolSlab*>(r.slab)))) return true;
-      // A slot of a slab from before a device reset: never handed out again, just forgotten.
-    }
-    if (m.capacity == 0) return false;
-    std::uint32_t slots[kMagazineMax];
-    const std::uint32_t n = c.slab_count();
-    for (std::uint32_t k = 0; k < n; ++k) {
-      PoolSlab& s = *c.slab(k);
-      if (this->slab_is_stale(s)) continue;
-      const std::uint32_t got = take_from(c, s, (m.capacity + 1) / 2, slots);
-      if (got == 0) continue;
-      for (std::uint32_t i = 1; i < got; ++i) m.push(&s, slots[i]);
-      r = {&s, slots[0]};
-      return true;
-    }
-    return false;
-  }
-
-  /// Takes one slot from the bitmaps (no cache).
-  bool take_shared(PoolClass& c, SlotRef& r) noexcept {
-    const std::uint32_t n = c.slab_count();
-    for (std::uint32_t k = 0; k < n; ++k) {
-      PoolSlab& s = *c.slab(k);
-      if (this->slab_is_stale(s)) continue;
-      std::uint32_t slot = 0;
-      if (take_from(c, s, 1, &slot) != 0) {
-        r = {&s, slot};
-        return true;
-      }
-    }
-    return false;
-  }
-
-  std::uint32_t take_from(PoolClass& c, PoolSlab& s, std::uint32_t max,
-                          std::uint32_t* out) noexcept {
-    const std::uint32_t got = s.bitmap.take(max, out, [&s](std::uint32_t slot) {
-      return s.events != nullptr && Slabs::event_done(s.events[slot]);
-    });
-    if (got != 0) note_high_water(c);
-    return got;
-  }
-
-  /// Buffers out of the shared bitmaps now (leased or cached): the high-water sample.
-  void note_high_water(PoolClass& c) noexcept {
-    std::size_t capacity = 0, free_now = 0;
-    for (std::uint32_t k = 0, n = c.slab_count(); k < n; ++k) {
-      PoolSlab& s = *c.slab(k);
-      if (s.retired.load(std::memory_order_relaxed) || !s.resident.load(std::memory_order_relaxed))
-        continue;
-      capacity += s.bitmap.count();
-      free_now += s.bitmap.free_count();
-    }
-    const std::size_t out = capacity > free_now ? capacity - free_now : 0;
-    std::size_t hw = c.high_water.load(std::memory_order_relaxed);
-    while (out > hw && !c.high_water.compare_exchange_weak(hw, out, std::memory_order_relaxed)) {
-    }
-  }
-
-  /// Gives `n` slots of the magazine back to the bitmaps (stale ones are forgotten).
-  void flush(PoolClass& c, Magazine& m, std::uint32_t n) noexcept {
-    for (; n != 0 && m.count() != 0; --n) {
-      const SlotRef r = m.pop();
-      PoolSlab& s = *static_cast<PoolSlab*>(r.slab);
-      if (!this->slab_is_stale(s)) s.bitmap.give(r.slot);
-    }
-    notify_waiters(c);
-  }
-
-  void flush_all(ThreadCache& tc) noexcept {
-    for (std::size_t i = 0; i < nclasses_; ++i) {
-      Magazine& m = tc.magazine(i);
-      if (m.count() != 0) flush(classes_[i], m, m.count());
-    }
   }
 
   // ---- release helpers -----------------------------------------------------------------------
@@ -559,23 +417,12 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   void release_overflow(void* data, std::size_t bytes, LeaseState& st) noexcept;
   void validate() const;
   void log_outstanding_once() noexcept;
-  LeakRecord untracked_record(std::size_t leases, std::size_t bytes) const {
-    LeakRecord r;
-    r.resource = options_.name;
-    r.bytes = bytes;
-    r.leases = leases;
-    r.age_known = false;
-    r.tag = "enable track_leases to see where";
-    return r;
-  }
+  LeakRecord untracked_record(std::size_t leases, std::size_t bytes) const;
   static void add_to_totals(SizeClassStats& t, const SizeClassStats& c) noexcept;
 
   LeaseTracker tracker_;
   std::atomic<bool> orphaned_{false};
   std::atomic<std::int64_t> life_{1};  // the owners' unit
-  mutable std::mutex caches_mutex_;
-  ThreadCache* caches_ = nullptr;  // every live cache of this core (caches_mutex_)
-  ThreadCache* lost_ = nullptr;    // caches of threads a forked child does not have
   std::atomic<std::uint64_t> oversize_overflow_{0};
   std::atomic<std::size_t> overflow_live_{0};
   std::atomic<std::size_t> overflow_bytes_live_{0};

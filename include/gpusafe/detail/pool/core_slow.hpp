@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // gpusafe/detail/pool/core_slow.hpp: the slow paths of PoolCore<Runtime> (construction and option
 // checks, refilling a class under its lock, growth, waiting, overflow buffers, exhaustion
-// messages, statistics). Included by gpusafe/detail/pool/core.hpp; see there for thread safety and
-// teardown.
+// messages, statistics, leak records). Included by gpusafe/detail/pool/core.hpp; see there for
+// thread safety and teardown.
 #ifndef GPUSAFE_DETAIL_POOL_CORE_SLOW_HPP
 #define GPUSAFE_DETAIL_POOL_CORE_SLOW_HPP
 
@@ -12,7 +12,7 @@ GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
 
 template <class Runtime>
-PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Slabs(std::move(options)) {
+PoolCore<Runtime>::PoolCore(BufferPoolOptions options) : Caches(std::move(options)) {
   validate();
   fell_back_ = false;
   kind_ = resolve_memory_kind<Runtime>(options_.kind, options_.fallback, &fell_back_,
@@ -300,21 +300,7 @@ BufferPoolStats PoolCore<Runtime>::stats() const {
   // Per-thread figures summed on read (approximate while threads run).
   std::vector<std::uint64_t> acquired(nclasses_), released(nclasses_);
   std::vector<std::size_t> cached(nclasses_);
-  {
-    std::lock_guard<std::mutex> lock(caches_mutex_);
-    for (const ThreadCache* tc = caches_; tc; tc = tc->next) {
-      for (std::size_t i = 0; i < nclasses_; ++i) {
-        const Magazine& m = tc->magazine(i);
-        acquired[i] += m.acquires.load(std::memory_order_relaxed);
-        released[i] += m.releases.load(std::memory_order_relaxed);
-        cached[i] += m.count();
-      }
-    }
-    for (std::size_t i = 0; i < nclasses_; ++i) {
-      acquired[i] += classes_[i].acquired.load(std::memory_order_relaxed);
-      released[i] += classes_[i].released.load(std::memory_order_relaxed);
-    }
-  }
+  this->sum_counters(acquired, released, cached);
   out.classes.reserve(nclasses_);
   for (std::size_t i = 0; i < nclasses_; ++i) {
     PoolClass& c = classes_[i];
@@ -371,6 +357,31 @@ void PoolCore<Runtime>::add_to_totals(SizeClassStats& t, const SizeClassStats& c
   t.bytes_reserved += c.bytes_reserved;
   t.slabs += c.slabs;
   t.resident = t.resident || c.resident;
+}
+
+template <class Runtime>
+std::vector<LeakRecord> PoolCore<Runtime>::leak_records() const {
+  if (options_.track_leases) return tracker_.leak_records();
+  // Without the tracker the counts and sizes are known, not where or when: one record per
+  // class with leases out, and one for overflow buffers.
+  std::vector<LeakRecord> out;
+  const BufferPoolStats st = stats();
+  for (const auto& c : st.classes)
+    if (c.in_use > 0) out.push_back(untracked_record(c.in_use, c.in_use * c.bytes));
+  if (st.overflow_live > 0)
+    out.push_back(untracked_record(st.overflow_live, st.overflow_bytes_live));
+  return out;
+}
+
+template <class Runtime>
+LeakRecord PoolCore<Runtime>::untracked_record(std::size_t leases, std::size_t bytes) const {
+  LeakRecord r;
+  r.resource = options_.name;
+  r.bytes = bytes;
+  r.leases = leases;
+  r.age_known = false;
+  r.tag = "enable track_leases to see where";
+  return r;
 }
 
 template <class Runtime>
