@@ -113,8 +113,10 @@ TEST(Ostream, PoolStatsShowEveryClassAndTheTotals) {
   l.file = "decode.cpp";
   l.line = 42;
   l.tag = "decode";
-  expect_shows(l, {"pool='frames'", "bytes=100", "class_bytes=256", "decode.cpp:42", "tag='decode'",
-                   "overflow=false"});
+  // OutstandingLease is LeakRecord: `pool` is the record's `resource` under the pool's name.
+  EXPECT_EQ(l.resource, "frames");
+  expect_shows(l, {"LeakRecord{resource='frames'", "bytes=100", "decode.cpp:42", "tag='decode'",
+                   "class_bytes=256", "overflow=false"});
 }
 
 TEST(Ostream, ReclaimRecords) {
@@ -147,6 +149,7 @@ TEST(Ostream, ReclaimRecords) {
   const std::string s = str(k);
   EXPECT_NE(s.find("(untracked)"), std::string::npos) << s;
   EXPECT_EQ(s.find("age_ms"), std::string::npos) << s;
+  EXPECT_EQ(s.find("class_bytes"), std::string::npos) << "not a pool's lease: " << s;
 }
 
 TEST(Ostream, ManagerSnapshotStatsAndReleaseResult) {

@@ -153,7 +153,7 @@ class PoolCore final : public PoolCoreBase, public PoolCacheOwner, private PoolS
   std::vector<OutstandingLease> outstanding() const { return tracker_.outstanding(); }
 
   std::vector<LeakRecord> leak_records() const override {
-    if (options_.track_leases) return tracker_.leak_records();
+    if (options_.track_leases) return tracker_.outstanding();
     // Without the tracker the counts and sizes are known, not where or when: one record per
     // class with leases out, and one for overflow buffers.
     std::vector<LeakRecord> out;
