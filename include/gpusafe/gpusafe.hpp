@@ -19,6 +19,7 @@
 #include "gpusafe/error.hpp"
 #include "gpusafe/guards.hpp"
 #include "gpusafe/handles.hpp"
+#include "gpusafe/leak_record.hpp"
 #include "gpusafe/lifecycle.hpp"
 #include "gpusafe/log.hpp"
 #include "gpusafe/memory_manager.hpp"

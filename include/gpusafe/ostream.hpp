@@ -8,8 +8,8 @@
 // LeakReport prints its to_string(), an Error its code and message, a Status its describe().
 // Covered: MemoryKind, Fallback, ErrorClass, CudaStatus, Status, DeviceInfo (runtime.hpp);
 // ErrorCode, Error (error.hpp); LogLevel (log.hpp); ReclaimCost, ReclaimLevel, ReclaimRequest,
-// ResourceUsage, LeakRecord (reclaim.hpp); OverflowPolicy, SizeClass, SizeClassStats,
-// BufferPoolStats, OutstandingLease (buffer_pool.hpp); ResourceSnapshot, MemorySnapshot,
+// ResourceUsage, LeakRecord (reclaim.hpp; also BufferPool's OutstandingLease); OverflowPolicy,
+// SizeClass, SizeClassStats, BufferPoolStats (buffer_pool.hpp); ResourceSnapshot, MemorySnapshot,
 // ReleaseEntry, ReleaseResult, MemoryManagerStats, LeakReport (memory_manager.hpp); Residency,
 // EvictReason, OversizePolicy, ModelCacheStats (model_cache.hpp). Each operator lives in its
 // type's namespace, so argument-dependent lookup finds it from any namespace.
@@ -136,17 +136,6 @@ inline std::ostream& operator<<(std::ostream& os, const BufferPoolStats& s) {
   return os << '}';
 }
 
-inline std::ostream& operator<<(std::ostream& os, const OutstandingLease& l) {
-  os << "OutstandingLease{pool='" << l.pool << "', bytes=" << l.bytes
-     << ", class_bytes=" << l.class_bytes << ", at=";
-  if (l.file.empty())
-    os << "(unknown)";
-  else
-    os << l.file << ':' << l.line;
-  if (!l.tag.empty()) os << ", tag='" << l.tag << '\'';
-  return os << ", overflow=" << detail::bool_name(l.overflow) << '}';
-}
-
 GPUSAFE_NAMESPACE_END
 
 // The enums and records of log.hpp and reclaim.hpp live in the process-wide namespace.
@@ -200,6 +189,8 @@ inline std::ostream& operator<<(std::ostream& os, const LeakRecord& r) {
     os << r.file << ':' << r.line;
   if (!r.tag.empty()) os << ", tag='" << r.tag << '\'';
   if (r.age_known) os << ", age_ms=" << std::chrono::duration<double, std::milli>(r.age).count();
+  if (r.class_bytes != 0 || r.overflow)
+    os << ", class_bytes=" << r.class_bytes << ", overflow=" << (r.overflow ? "true" : "false");
   return os << '}';
 }
 

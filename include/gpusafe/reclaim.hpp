@@ -15,7 +15,6 @@
 #define GPUSAFE_RECLAIM_HPP
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <limits>
 #include <memory>
@@ -27,6 +26,7 @@
 #include "gpusafe/config.hpp"
 #include "gpusafe/detail/fork.hpp"
 #include "gpusafe/detail/no_destructor.hpp"
+#include "gpusafe/leak_record.hpp"
 #include "gpusafe/log.hpp"
 
 // The registry and the types it holds are process-wide (DESIGN rule 11): every configuration of
@@ -120,18 +120,6 @@ class Reclaimable {
   virtual LeakReporter* leak_reporter() noexcept;
 };
 
-/// One outstanding allocation (a lease nobody gave back yet), for leak reports.
-struct LeakRecord {
-  std::string resource;  ///< the pool (or other resource) that handed it out
-  std::string file;      ///< where it was taken; empty when not tracked
-  int line = 0;
-  std::string tag;                  ///< the caller's label, if any
-  std::size_t bytes = 0;            ///< bytes of all the leases the record stands for
-  std::chrono::nanoseconds age{0};  ///< how long ago it was taken (when age_known)
-  std::size_t leases = 1;           ///< leases the record stands for (untracked: a whole class)
-  bool age_known = true;            ///< false when the resource did not record when
-};
-
 /// Optional interface for a Reclaimable that tracks what it handed out (a pool with its lease
 /// tracker on). MemoryManager::leak_report() asks every attached resource that implements it.
 class LeakReporter {
@@ -199,7 +187,6 @@ GPUSAFE_PROCESS_NAMESPACE_END
 
 GPUSAFE_NAMESPACE_BEGIN
 
-using process_v1::LeakRecord;
 using process_v1::LeakReporter;
 using process_v1::Reclaimable;
 using process_v1::ReclaimCost;

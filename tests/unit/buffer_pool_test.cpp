@@ -645,9 +645,20 @@ TEST_F(BufferPoolTest, TrackingReportsWhereLeasesWereTaken) {
   EXPECT_NE(leases[0].file.find("buffer_pool_test.cpp"), std::string::npos);
   EXPECT_EQ(leases[1].line, line_b) << "the default argument records the caller";
   EXPECT_TRUE(leases[2].overflow);
+  // The leases are the LeakRecords every leak report uses: resource (also named pool), when
+  // taken and how long ago.
+  EXPECT_EQ(leases[0].resource, "tracked");
+  EXPECT_EQ(leases[0].resource, "tracked");
+  EXPECT_TRUE(leases[0].age_known);
+  EXPECT_EQ(leases[0].leases, 1u);
+  EXPECT_LE(leases[0].acquired, std::chrono::system_clock::now());
+  EXPECT_GE(leases[0].age.count(), 0);
   const std::string report = pool.leak_report();
   EXPECT_NE(report.find("3 lease(s) outstanding"), std::string::npos) << report;
   EXPECT_NE(report.find("[decoder]"), std::string::npos) << report;
+  EXPECT_NE(report.find("tracked: 100 B taken at "), std::string::npos) << report;
+  EXPECT_NE(report.find("ago (class 4096)\n"), std::string::npos) << report;
+  EXPECT_NE(report.find("ago (overflow)\n"), std::string::npos) << report;
   a.release();
   c.release();
   leases = pool.outstanding_leases();

@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace gs = gpusafe;
@@ -99,6 +101,32 @@ TEST(MemoryReportTest, LeakReportListsRecordsAndUntrackedResources) {
   EXPECT_NE(text.find("\n  scratch: 2 leases, 2.0 MiB taken at (untracked)\n"), std::string::npos)
       << text;
   EXPECT_NE(text.find("not tracked (no LeakReporter): other"), std::string::npos) << text;
+}
+
+TEST(MemoryReportTest, LeakLinesShowAPoolLeaseSizeClass) {
+  gs::LeakReport report;
+  gs::LeakRecord in_class{"frames", "a.cpp", 1, "", 100, 1s};
+  in_class.class_bytes = 4096;
+  gs::LeakRecord overflow{"frames", "a.cpp", 2, "", 1 << 20, 1s};
+  overflow.overflow = true;
+  report.records = {in_class, overflow};
+  const std::string text = report.to_string();
+  EXPECT_NE(text.find("\n  frames: 100 B taken at a.cpp:1, 1.0 s ago (class 4096)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\n  frames: 1.0 MiB taken at a.cpp:2, 1.0 s ago (overflow)"),
+            std::string::npos)
+      << text;
+}
+
+// A pool's OutstandingLease and a reporter's LeakRecord are one type.
+TEST(MemoryReportTest, OutstandingLeaseIsTheLeakRecord) {
+  static_assert(std::is_same<gs::OutstandingLease, gs::LeakRecord>::value, "one record type");
+  const gs::LeakRecord r{"frames", "a.cpp", 2, "decode", 100, std::chrono::seconds(1)};
+  EXPECT_EQ(r.resource, "frames");
+  EXPECT_EQ(r.leases, 1u);
+  EXPECT_EQ(r.class_bytes, 0u) << "not a pool lease unless the pool says so";
+  EXPECT_FALSE(r.overflow);
 }
 
 TEST(MemoryReportTest, ReleaseSummarySaysWhyAndWhetherTheTargetWasReached) {

@@ -107,14 +107,14 @@ TEST(Ostream, PoolStatsShowEveryClassAndTheTotals) {
   expect_shows(gs::SizeClass{4096, 8}, {"SizeClass{bytes=4096, count=8}"});
 
   gs::OutstandingLease l;
-  l.pool = "frames";
+  l.resource = "frames";
   l.bytes = 100;
   l.class_bytes = 256;
   l.file = "decode.cpp";
   l.line = 42;
   l.tag = "decode";
-  expect_shows(l, {"pool='frames'", "bytes=100", "class_bytes=256", "decode.cpp:42", "tag='decode'",
-                   "overflow=false"});
+  expect_shows(l, {"LeakRecord{resource='frames'", "bytes=100", "decode.cpp:42", "tag='decode'",
+                   "class_bytes=256", "overflow=false"});
 }
 
 TEST(Ostream, ReclaimRecords) {
@@ -147,6 +147,7 @@ TEST(Ostream, ReclaimRecords) {
   const std::string s = str(k);
   EXPECT_NE(s.find("(untracked)"), std::string::npos) << s;
   EXPECT_EQ(s.find("age_ms"), std::string::npos) << s;
+  EXPECT_EQ(s.find("class_bytes"), std::string::npos) << "not a pool's lease: " << s;
 }
 
 TEST(Ostream, ManagerSnapshotStatsAndReleaseResult) {

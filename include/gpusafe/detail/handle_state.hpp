@@ -249,6 +249,7 @@ class HandleLeakReporter final : public Reclaimable, public LeakReporter {
     std::vector<LeakRecord> out;
     auto& t = process_v1::handle_tracker();
     const auto now = std::chrono::steady_clock::now();
+    const auto system_now = std::chrono::system_clock::now();
     std::lock_guard<std::mutex> lock(t.mutex);
     out.reserve(t.live.size());
     for (const auto& entry : t.live) {
@@ -259,6 +260,8 @@ class HandleLeakReporter final : public Reclaimable, public LeakReporter {
       rec.line = r.line;
       rec.tag = r.tag;
       rec.age = std::chrono::duration_cast<std::chrono::nanoseconds>(now - r.made);
+      rec.acquired =
+          system_now - std::chrono::duration_cast<std::chrono::system_clock::duration>(rec.age);
       out.push_back(std::move(rec));
     }
     return out;

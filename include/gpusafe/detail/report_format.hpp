@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // gpusafe/detail/report_format.hpp: the small text pieces of gpusafe's reports (byte counts,
 // ages, fixed-point numbers, JSON strings, CSV fields) and the one line that describes a leak
-// record, shared by MemoryManager's leak report and BufferPool's.
+// record (leak_record.hpp), shared by MemoryManager's leak report and BufferPool's.
 //
 // Thread safety: pure functions of their arguments. Teardown: nothing to tear down; nothing here
 // calls the runtime.
@@ -15,7 +15,7 @@
 #include <string>
 
 #include "gpusafe/config.hpp"
-#include "gpusafe/reclaim.hpp"
+#include "gpusafe/leak_record.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
 namespace detail {
@@ -126,13 +126,19 @@ inline std::string leak_location(const LeakRecord& r) {
   return r.file.empty() ? std::string("(untracked)") : r.file + ":" + std::to_string(r.line);
 }
 
-/// One leak record: "pool: [N leases, ]1.0 KiB taken at file:line [tag], 2.0 s ago".
+/// One leak record: "pool: [N leases, ]1.0 KiB taken at file:line [tag], 2.0 s ago", followed
+/// by the size class of a pool's lease: " (class 4096)" or " (overflow)".
 inline std::string describe_leak(const LeakRecord& r) {
   std::string out = r.resource + ": ";
   if (r.leases != 1) out += std::to_string(r.leases) + " leases, ";
   out += format_bytes(r.bytes) + " taken at " + leak_location(r);
   if (!r.tag.empty()) out += " [" + r.tag + "]";
   if (r.age_known) out += ", " + format_age(r.age) + " ago";
+  if (r.overflow) {
+    out += " (overflow)";
+  } else if (r.class_bytes != 0) {
+    out += " (class " + std::to_string(r.class_bytes) + ")";
+  }
   return out;
 }
 

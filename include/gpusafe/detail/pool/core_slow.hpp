@@ -361,7 +361,7 @@ void PoolCore<Runtime>::add_to_totals(SizeClassStats& t, const SizeClassStats& c
 
 template <class Runtime>
 std::vector<LeakRecord> PoolCore<Runtime>::leak_records() const {
-  if (options_.track_leases) return tracker_.leak_records();
+  if (options_.track_leases) return tracker_.outstanding();
   // Without the tracker the counts and sizes are known, not where or when: one record per
   // class with leases out, and one for overflow buffers.
   std::vector<LeakRecord> out;

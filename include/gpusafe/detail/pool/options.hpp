@@ -7,13 +7,13 @@
 #ifndef GPUSAFE_DETAIL_POOL_OPTIONS_HPP
 #define GPUSAFE_DETAIL_POOL_OPTIONS_HPP
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "gpusafe/config.hpp"
+#include "gpusafe/leak_record.hpp"
 #include "gpusafe/runtime.hpp"
 
 GPUSAFE_NAMESPACE_BEGIN
@@ -84,18 +84,6 @@ struct BufferPoolStats {
   SizeClassStats totals;          ///< sums; overflow includes requests beyond every class
   std::size_t overflow_live = 0;  ///< overflow leases out now
   std::size_t overflow_bytes_live = 0;
-};
-
-/// One lease still out, as recorded when tracking is on.
-struct OutstandingLease {
-  std::string pool;
-  std::size_t bytes = 0;
-  std::size_t class_bytes = 0;  ///< 0 for an overflow lease beyond every class
-  std::string file;
-  int line = 0;
-  std::string tag;
-  std::chrono::system_clock::time_point acquired;
-  bool overflow = false;
 };
 
 GPUSAFE_NAMESPACE_END
