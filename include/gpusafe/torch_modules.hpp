@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "gpusafe/buffer_pool.hpp"
+#include "gpusafe/detail/torch_config.hpp"
 #include "gpusafe/error.hpp"
 #include "gpusafe/model_cache.hpp"
 #include "gpusafe/runtime.hpp"

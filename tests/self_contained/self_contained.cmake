@@ -8,7 +8,7 @@
 #       those of CMAKE_CXX_COMPILER_ID (empty for other compilers)
 #   gpusafe_self_contained_sources(<include_root> <out_dir> <core_var> <torch_var>)
 #       one generated translation unit per header under <include_root>/gpusafe, each including
-#       its header twice (the include guard); gpusafe/torch* headers go to <torch_var>
+#       its header twice (the include guard); gpusafe/torch* and gpusafe/detail/torch* headers go to <torch_var>
 include_guard(GLOBAL)
 
 set(GPUSAFE_STRICT_WARNINGS_CLANG
@@ -38,7 +38,7 @@ function(gpusafe_self_contained_sources include_root out_dir core_var torch_var)
     file(CONFIGURE OUTPUT "${_cpp}"
          CONTENT "// Generated: checks that <@_header@> compiles on its own.\n#include <@_header@>\n#include <@_header@>\n"
          @ONLY)
-    if(_header MATCHES "^gpusafe/torch")
+    if(_header MATCHES "^gpusafe/(detail/)?torch")
       list(APPEND _torch "${_cpp}")
     else()
       list(APPEND _core "${_cpp}")
