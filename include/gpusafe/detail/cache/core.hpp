@@ -153,7 +153,10 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
   struct Claim {
     Handle hit;  // resident after all
     std::shared_ptr<Entry> entry;
-    std::shared_ptr<LoadOp> op;  // the load it runs or waits for
+    // The load it runs or waits for. A waiter holds a reference in `op`; the loader's load is
+    // owned by the entry (entry->op) until settle() moves that reference into `op`.
+    LoadOp* load = nullptr;
+    std::shared_ptr<LoadOp> op;
     std::size_t reserved = 0;
     bool cache_it = true;
     bool i_load = false;
@@ -221,6 +224,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     ++counters_.waits;
     waits_.join(*e.op);
     c.op = e.op;
+    c.load = c.op.get();
   }
 
   void start_load(Entry& e, bool room_wait_is_stuck, Grave& g, Claim& c) {
@@ -245,12 +249,12 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       }
       c.cache_it = false;
     }
-    c.op = std::make_shared<LoadOp>();
-    e.op = c.op;
+    e.op = std::make_shared<LoadOp>();
+    c.load = e.op.get();
     if (c.cache_it) {
       c.reserved = hint;
       set_.reserve(hint);
-      c.op->reserved = hint;
+      c.load->reserved = hint;
     }
     c.i_load = true;
   }
@@ -278,13 +282,14 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       // Moved, not copied: nothing here may throw once the reservation was given back.
       original = std::move(error.original);
       failed = error.failed;
-      c.op->failure = std::move(error);
+      c.load->failure = std::move(error);
       // Nobody joins the load after this section (the entry let go of it): whether anyone waits
       // is known here.
-      watched = waits_.watched(*c.op);
+      watched = waits_.watched(*c.load);
     }
     guard.published = true;
-    waits_.publish(*c.op, watched);
+    // The load is alive here: `c.op` holds it, or, once cached, `result` (an alias of it).
+    waits_.publish(*c.load, watched);
     g.finish();
     loaded.model.reset();
     if (failed) std::rethrow_exception(original);
@@ -307,7 +312,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     const Entry& e = *c.entry;
     const auto t0 = std::chrono::steady_clock::now();
     GPUSAFE_TRY {
-      LoadFrameScope frame(this, c.reserved, *c.op, &e.key, &describe_erased_cache_key<Key>);
+      LoadFrameScope frame(this, c.reserved, *c.load, &e.key, &describe_erased_cache_key<Key>);
       loaded = e.loader();
       if (!loaded.model) GPUSAFE_THROW(LoadFailed(messages_.null_model(e.key)));
     }
@@ -315,11 +320,12 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
     return std::chrono::steady_clock::now() - t0;
   }
 
-  // Under the lock: gives the reservation back and detaches the op from its entry.
+  // Under the lock: gives the reservation back and detaches the op from its entry (its
+  // reference moves to the claim, no count changes).
   void settle(Claim& c, std::chrono::steady_clock::duration elapsed) noexcept {
     set_.unreserve(c.reserved);
     counters_.load_time += std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed);
-    c.entry->op.reset();
+    c.op = std::move(c.entry->op);
   }
 
   // Under the lock: caches the loaded model (evicting for room) or hands it out uncached.
@@ -331,7 +337,9 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       if (c.cache_it && !e.removed && alive_) {
         g.set_callback(callback_);
         if (set_.make_room(loaded.bytes, g)) {
-          set_.admit(e, c.op, std::move(loaded.model), loaded.bytes);
+          // The claim's reference becomes the cache's handle; `result` keeps the load alive
+          // until it is published.
+          set_.admit(e, std::move(c.op), std::move(loaded.model), loaded.bytes);
           result = e.cached;
           installed = true;
         } else if (must_cache(e.residency, options_)) {
@@ -340,7 +348,7 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       }
       if (!installed) {
         ++counters_.uncached_loads;
-        c.op->uncached = loaded.model;
+        c.load->uncached = loaded.model;
         result = loaded.model;
       }
       ++counters_.loads;
@@ -358,14 +366,15 @@ class ModelCacheCore final : public CacheTable<Key, Model, Hash>,
       Exclusive lock(*this);
       if (!guard.settled) {
         set_.unreserve(c.reserved);
-        if (c.entry->op == c.op) c.entry->op.reset();
+        // The entry holds the load until settled (only this thread detaches it).
+        if (c.entry->op.get() == c.load) c.op = std::move(c.entry->op);
         ++counters_.load_failures;
       }
-      if (!c.op->failure) c.op->drop_result();
-      mark_unrecorded_failure(c.op->failure);
+      if (!c.load->failure) c.load->drop_result();
+      mark_unrecorded_failure(c.load->failure);
     }
     guard.published = true;
-    waits_.publish(*c.op, true);
+    waits_.publish(*c.load, true);
   }
 
   // Called inside a catch block: the failure in flight, described with the key.

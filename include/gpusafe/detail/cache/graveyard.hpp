@@ -98,8 +98,14 @@ class Graveyard {
   bool reports() const noexcept { return callback_ && *callback_; }
 
   /// Outside every lock: drops the models and calls the callback for each, in order. Returns the
-  /// bytes evicted.
+  /// bytes evicted. Inline and cheap when the section left nothing (most sections of a miss).
   std::size_t finish() noexcept {
+    if (!first_ && entries_.empty() && !callback_) return 0;  // `rest_` is empty without `first_`
+    return finish_all();
+  }
+
+ private:
+  std::size_t finish_all() noexcept {
     std::size_t bytes = 0;
     if (first_) bytes += report(*first_);
     first_.reset();
@@ -110,7 +116,6 @@ class Graveyard {
     return bytes;
   }
 
- private:
   std::size_t report(Evicted& v) noexcept {
     v.model.reset();
     if (v.entry && reports()) {

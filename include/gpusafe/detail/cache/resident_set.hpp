@@ -94,13 +94,13 @@ class ResidentSet {
   }
 
   /// Makes `e` resident with the model of `load`, of `bytes` (room was made). The cache's handle
-  /// aliases the load, which owns the model from now on.
-  void admit(Entry& e, const std::shared_ptr<typename Entry::LoadOp>& load,
+  /// aliases the load (taking over the reference passed in), which owns the model from now on.
+  void admit(Entry& e, std::shared_ptr<typename Entry::LoadOp> load,
              std::shared_ptr<typename Handle::element_type> model, std::size_t bytes) noexcept {
     load->original = std::move(model);
     load->cached_result = true;
     e.load = load.get();
-    e.cached = Handle(load, e.load->original.get());
+    e.cached = Handle(std::move(load), e.load->original.get());
     e.bytes = bytes;
     resident_ += bytes;
     ++resident_count_;
