@@ -289,12 +289,11 @@ class PoolSlabs {
       auto fresh = make_slab_metadata(c.count);
       c.slabs.reserve(c.slabs.size() + 1);  // publish() must not throw once memory is held
       allocate_slab(c, *fresh);
-      for (std::uint32_t k = 0, n = c.slab_count(); k < n; ++k) {
-        retire(*c.slab(k));
-        c.live[k].store(nullptr, std::memory_order_release);
-      }
-      c.nlive.store(0, std::memory_order_release);
+      // The retired slabs stay listed until replaced: a lock-free reader that loaded the old
+      // count may still index them (their metadata lives as long as the pool) and skips them.
+      for (std::uint32_t k = 0, n = c.slab_count(); k < n; ++k) retire(*c.slab(k));
       publish(c, 0, std::move(fresh));
+      c.nlive.store(1, std::memory_order_release);
     } else if (!first->resident) {
       allocate_slab(c, *first);
       first->bitmap.open_all();
