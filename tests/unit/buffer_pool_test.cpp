@@ -3,6 +3,7 @@
 #include "gpusafe/buffer_pool.hpp"
 
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -862,6 +863,27 @@ TEST_F(BufferPoolTest, GrowDoublesAClassUpToMaxBytesAndTrimGivesWholeSlabsBack) 
   EXPECT_EQ(pool.stats().classes[0].capacity, 4u);
   held.clear();
   EXPECT_EQ(pool.stats().classes[0].in_use, 0u);
+}
+
+TEST_F(BufferPoolTest, TrimAndGrowCyclesKeepHostMemoryFlat) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "mallinfo2() does not see a sanitizer's allocator";
+#endif
+  // A service whose timer trims between bursts: each burst grows the class again. The grown
+  // slabs' bookkeeping must be reused, not made anew per cycle.
+  FakePool pool(grow_options(65536 + 8 * 4096));
+  auto burst_then_trim = [&pool] {
+    std::vector<gs::BufferLease> held;
+    for (int i = 0; i < 8; ++i) held.push_back(pool.acquire(100));  // two growths
+    held.clear();
+    EXPECT_GT(pool.trim(), 0u);
+  };
+  for (int i = 0; i < 20; ++i) burst_then_trim();
+  const std::size_t before = ::mallinfo2().uordblks;
+  for (int i = 0; i < 2000; ++i) burst_then_trim();
+  const std::size_t after = ::mallinfo2().uordblks;
+  EXPECT_LT(after, before + 16 * 1024) << "heap grew by " << after - before << " bytes";
+  EXPECT_EQ(pool.stats().classes[0].capacity, 2u);
 }
 
 TEST_F(BufferPoolTest, GrowNeedsAMaxBytesThatCoversTheFirstSlabs) {

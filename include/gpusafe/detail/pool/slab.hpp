@@ -309,11 +309,15 @@ class PoolSlabs {
       if (c.slab(k)->resident) capacity += c.slab(k)->bitmap.count();
     const std::size_t used = reserved_.load(std::memory_order_relaxed);
     const std::size_t budget = options_.max_bytes > used ? options_.max_bytes - used : 0;
-    for (std::uint32_t k = 1; k < n; ++k) {
+    // Trimming the last slabs unlists them; the first one past the list is re-listed here rather
+    // than replaced, so that trim/grow cycles do not pile up slab bookkeeping.
+    const std::uint32_t unlisted = n < kMaxSlabsPerClass && is_parked(c.slab(n)) ? 1 : 0;
+    for (std::uint32_t k = 1; k < n + unlisted; ++k) {
       PoolSlab* s = c.slab(k);
       if (s->resident || slab_bytes(c, s->bitmap.count()) > budget) continue;
       allocate_slab(c, *s);
       s->bitmap.open_all();
+      if (k == n) c.nlive.store(n + 1, std::memory_order_release);
       return true;
     }
     if (n >= kMaxSlabsPerClass) return false;
@@ -325,6 +329,12 @@ class PoolSlabs {
     allocate_slab(c, *slab);
     publish(c, n, std::move(slab));
     return true;
+  }
+
+  /// A slab unlisted by trim_class(): memory given back, bookkeeping kept for reuse. (A retired
+  /// slab is never reused: leases of the old device epoch may still point into it.)
+  static bool is_parked(const PoolSlab* s) noexcept {
+    return s != nullptr && !s->resident && !s->retired.load(std::memory_order_relaxed);
   }
 
   /// Whether the work recorded on a slot's event has finished; false when it cannot be asked.
