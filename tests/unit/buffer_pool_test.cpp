@@ -865,6 +865,32 @@ TEST_F(BufferPoolTest, GrowDoublesAClassUpToMaxBytesAndTrimGivesWholeSlabsBack) 
   EXPECT_EQ(pool.stats().classes[0].in_use, 0u);
 }
 
+TEST_F(BufferPoolTest, DeviceResetsRacingWithGrownClassesAreSafe) {
+  // A reset retires every slab of a class while other threads scan the class's slab list
+  // without its lock (taking slots, sampling the high-water mark): a scan that loaded the old
+  // slab count must still find every slab it indexes.
+  FakePool pool(grow_options(1 << 20));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> users;
+  for (int t = 0; t < 2; ++t)
+    users.emplace_back([&] {
+      std::vector<gs::BufferLease> held;
+      while (!stop.load()) {
+        try {
+          for (int i = 0; i < 6; ++i) held.push_back(pool.acquire(100));  // grows the class
+        } catch (const gs::Error&) {
+        }
+        held.clear();
+      }
+    });
+  for (int i = 0; i < 2000; ++i) {
+    gs::notify_device_reset(0);
+    EXPECT_TRUE(pool.acquire(100));
+  }
+  stop.store(true);
+  for (auto& u : users) u.join();
+}
+
 TEST_F(BufferPoolTest, TrimAndGrowCyclesKeepHostMemoryFlat) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "mallinfo2() does not see a sanitizer's allocator";
